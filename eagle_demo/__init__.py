@@ -1,0 +1,1 @@
+"""Eagle2 Demo: a native Eagle2 vision-language model implementation and its Gradio app."""
