@@ -1,0 +1,61 @@
+from PIL import Image
+
+from eagle_demo.grounding import Box, draw_boxes, parse_boxes
+
+
+def test_parse_one_labelled_box():
+    text = "The sun is here: <ref>the sun</ref><box>[[700, 50, 900, 250]]</box>."
+    assert parse_boxes(text) == [Box("the sun", 700, 50, 900, 250)]
+
+
+def test_parse_several_boxes_per_ref_and_several_refs():
+    text = ("<ref>tree</ref><box>[[10,20,30,40],[50,60,70,80]]</box> and "
+            "<ref>house</ref> <box>[[100.5, 200, 300, 400]]</box>")
+    assert parse_boxes(text) == [
+        Box("tree", 10, 20, 30, 40), Box("tree", 50, 60, 70, 80), Box("house", 100.5, 200, 300, 400)]
+
+
+def test_parse_box_without_ref_swapped_corners_and_out_of_range():
+    assert parse_boxes("<box>[[900, 800, 100, -5]]</box>") == [Box("", 100, 0, 900, 800)]
+    assert parse_boxes("<box>[[0, 0, 2000, 1000]]</box>") == [Box("", 0, 0, 1000, 1000)]
+
+
+def test_parse_ignores_plain_text_broken_markup_and_unfinished_stream():
+    assert parse_boxes("no boxes here [[1,2,3,4]]") == []
+    assert parse_boxes("<ref>cat</ref> without a box") == []
+    assert parse_boxes("<ref>cat</ref><box>[[1, 2, 3]]</box>") == []
+    assert parse_boxes("<ref>cat</ref><box>[[1, 2, 3, 4]]") == []  # still streaming
+
+
+def test_parse_label_whitespace_is_normalised():
+    assert parse_boxes("<ref> big\n red  car </ref><box>[[1,2,3,4]]</box>")[0].label == "big red car"
+
+
+def test_draw_boxes_maps_the_1000_grid_onto_the_image():
+    image = Image.new("RGB", (200, 100), "black")
+    out = draw_boxes(image, [Box("", 250, 500, 750, 1000)])
+    assert out is not image and out.size == image.size and image.getpixel((50, 50)) == (0, 0, 0)
+    # outline corners land on x = 0.25*199, 0.75*199 and y = 0.5*99, 99; the inside stays untouched
+    assert out.getpixel((50, 75)) != (0, 0, 0)
+    assert out.getpixel((149, 75)) != (0, 0, 0)
+    assert out.getpixel((100, 99)) != (0, 0, 0)
+    assert out.getpixel((100, 75)) == (0, 0, 0)
+    assert out.getpixel((10, 10)) == (0, 0, 0)
+
+
+def test_draw_boxes_labels_and_colours_per_label():
+    image = Image.new("RGBA", (400, 400), (0, 0, 0, 0))
+    boxes = [Box("sun", 600, 100, 900, 400), Box("tree", 100, 500, 300, 900), Box("sun", 100, 100, 200, 200)]
+    out = draw_boxes(image, boxes)
+    assert out.mode == "RGB"
+    sun, tree = out.getpixel((round(0.6 * 399), 100)), out.getpixel((round(0.1 * 399), 280))
+    assert sun != tree and sun != (0, 0, 0) and tree != (0, 0, 0)
+    assert out.getpixel((round(0.1 * 399), 60)) == sun  # same label, same colour
+    label_area = out.crop((240, 0, 400, 40))  # the "sun" tag sits above its box
+    assert len(label_area.getcolors(maxcolors=1000)) > 2
+
+
+def test_draw_boxes_without_boxes_returns_an_rgb_copy():
+    image = Image.new("L", (10, 10), 7)
+    out = draw_boxes(image, [])
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (7, 7, 7)
