@@ -1,0 +1,237 @@
+"""Finding a checkpoint and loading its safetensors into `Eagle2Model`.
+
+Checkpoint keys map one to one onto the model's, except the vision tower's inner prefix:
+  1B/2B: vision_model.vision_model.X                                 -> vision_model.X
+  9B:    vision_model.vision_model.vision_towers.{i}.vision_tower.vision_model.X -> vision_model.siglip.X
+         vision_model.vision_model.vision_towers.{j}.vision_tower.X              -> vision_model.convnext.X
+A tower's `head.*` (SigLIP pooling head, ConvNeXt classifier) is never used and is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .config import Eagle2Config
+from .eagle2 import Eagle2Model
+
+# Never code: the model is implemented here, hub code is not run.
+HUB_FILES = ["*.json", "*.safetensors", "merges.txt"]
+MOB_TOWERS = "vision_model.vision_model.vision_towers"
+LM_HEAD = "language_model.lm_head.weight"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or does not match its config; str(e) says which and why."""
+
+
+def resolve_checkpoint(path_or_id: str | Path) -> Path:
+    """A local checkpoint folder, or a Hugging Face model id downloaded (json + safetensors only)."""
+    path = Path(path_or_id).expanduser()
+    if not path.is_dir():
+        if path.exists():
+            raise CheckpointError(f"{str(path_or_id)!r} is a file; pass the checkpoint folder that holds config.json")
+        path = _download(str(path_or_id))
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json, so it is not an Eagle2 checkpoint folder")
+    return path
+
+
+def _download(model_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=HUB_FILES))
+    except HFValidationError:
+        reason = "it is neither a local folder nor a valid Hugging Face model id"
+    except RepositoryNotFoundError:
+        reason = "it is not a local folder, and the Hugging Face Hub has no such model (or it is private or gated)"
+    except LocalEntryNotFoundError:
+        reason = "it is not a local folder, the Hugging Face Hub cannot be reached and the model is not cached"
+    except OSError as e:
+        reason = f"it is not a local folder, and downloading it failed ({e})"
+    raise CheckpointError(f"cannot open model {model_id!r}: {reason}. Pass a local checkpoint folder "
+                          "(config.json + model.safetensors + tokenizer files) instead.")
+
+
+def detect_mob_order(keys) -> tuple[str, ...]:
+    """Tower names of a 9B checkpoint in vision_towers index order, e.g. ("convnext", "siglip")."""
+    order = {}
+    for key in keys:
+        if key.startswith(MOB_TOWERS + "."):
+            index, rest = key[len(MOB_TOWERS) + 1:].split(".", 1)
+            if rest.startswith("vision_tower.vision_model.embeddings."):
+                order[int(index)] = "siglip"
+            elif rest.startswith("vision_tower.stem."):
+                order[int(index)] = "convnext"
+    if sorted(order.values()) != ["convnext", "siglip"] or sorted(order) != [0, 1]:
+        raise CheckpointError(f"cannot find the SigLIP and ConvNeXt towers under {MOB_TOWERS}.*")
+    return tuple(order[i] for i in (0, 1))
+
+
+def key_prefixes(config: Eagle2Config, mob_order: tuple[str, ...] = ("convnext", "siglip")) -> dict[str, str]:
+    """Model key prefix -> checkpoint key prefix for the vision tower; all other keys are equal."""
+    if config.convnext is None:
+        return {"vision_model.": "vision_model.vision_model."}
+    inner = {"siglip": "vision_tower.vision_model.", "convnext": "vision_tower."}
+    return {f"vision_model.{name}.": f"{MOB_TOWERS}.{i}.{inner[name]}" for i, name in enumerate(mob_order)}
+
+
+def to_checkpoint_key(key: str, prefixes: dict[str, str]) -> str:
+    for model_prefix, ckpt_prefix in prefixes.items():
+        if key.startswith(model_prefix):
+            return ckpt_prefix + key[len(model_prefix):]
+    return key
+
+
+def to_model_key(key: str, prefixes: dict[str, str]) -> str | None:
+    """The model key of a checkpoint key; None for keys that are skipped (tower heads)."""
+    for model_prefix, ckpt_prefix in prefixes.items():
+        if key.startswith(ckpt_prefix):
+            rest = key[len(ckpt_prefix):]
+            return None if rest.startswith("head.") else model_prefix + rest
+    return key
+
+
+def weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json "
+                          "(only safetensors weights are read)")
+
+
+@contextmanager
+def _parameters_on_meta():
+    """Create parameters on the meta device (no memory, no random init) while buffers that
+    modules compute in __init__, such as RoPE frequencies, stay real. Not thread-safe: it
+    patches nn.Module for the duration of a model's construction."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None = None,
+                load_in_8bit: bool = False, attn: str = "sdpa") -> Eagle2Model:
+    """Build the model from config.json and load its safetensors; returns it in eval mode.
+
+    dtype defaults to bfloat16 on CUDA and float32 on CPU. load_in_8bit quantises the language
+    model's linear layers (not lm_head) with bitsandbytes (CUDA only). attn: "sdpa" or
+    "flash_attention_2" (needs the flash_attn package; used by the vision tower).
+    """
+    path = resolve_checkpoint(path_or_id)
+    config = Eagle2Config.from_dir(path)
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    _check_attn(attn, device, dtype)
+    int8 = _int8_backend(device) if load_in_8bit else None
+
+    with _parameters_on_meta():
+        model = Eagle2Model(config, attn)
+    params = model.state_dict()
+    with ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(f, framework="pt")) for f in weight_files(path)]
+        stored = {key: h for h in handles for key in h.keys()}
+        prefixes = key_prefixes(config, detect_mob_order(stored)) if config.convnext else key_prefixes(config)
+        names = {}  # model key -> checkpoint key
+        for key in stored:
+            model_key = to_model_key(key, prefixes)
+            if model_key is not None:
+                names[model_key] = key
+        tie = config.text.tie_word_embeddings and LM_HEAD not in names
+        _check_keys(path, params, names, stored, prefixes, skip={LM_HEAD} if tie else set())
+        load_device = "cpu" if int8 else device  # 8-bit layers quantise when moved to the GPU
+        state = {}
+        for model_key, key in names.items():
+            tensor = stored[key].get_tensor(key)
+            state[model_key] = tensor.to(load_device, dtype if tensor.is_floating_point() else None)
+    model.load_state_dict(state, strict=False, assign=True)
+
+    lm = model.language_model
+    embed = lm.model.embed_tokens.weight
+    if tie or (config.text.tie_word_embeddings and torch.equal(lm.lm_head.weight, embed)):
+        lm.lm_head.weight = embed  # one matrix instead of two equal ones
+    if int8:
+        _to_8bit(lm, *int8)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _check_keys(path, params: dict, names: dict, stored: dict, prefixes: dict, skip: set) -> None:
+    expected = params.keys() - skip
+    problems = []
+    for label, keys in (("missing", sorted(expected - names.keys())), ("unexpected", sorted(names.keys() - expected))):
+        if keys:
+            shown = ", ".join(names.get(k) or to_checkpoint_key(k, prefixes) for k in keys[:5])
+            problems.append(f"{len(keys)} {label} weights ({shown}{', ...' if len(keys) > 5 else ''})")
+    wrong = []
+    for model_key in sorted(expected & names.keys()):
+        key = names[model_key]
+        shape = list(stored[key].get_slice(key).get_shape())
+        if shape != list(params[model_key].shape):
+            wrong.append(f"{key} is {shape}, expected {list(params[model_key].shape)}")
+    if wrong:
+        more = "; ..." if len(wrong) > 5 else ""
+        problems.append(f"{len(wrong)} weights of the wrong shape ({'; '.join(wrong[:5])}{more})")
+    if problems:
+        raise CheckpointError(f"the weights in {path} do not match its config.json: " + "; ".join(problems))
+
+
+def _check_attn(attn: str, device: torch.device, dtype: torch.dtype) -> None:
+    if attn == "sdpa":
+        return
+    if attn != "flash_attention_2":
+        raise ValueError(f"unknown attention implementation {attn!r}: use 'sdpa' or 'flash_attention_2'")
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        raise ValueError("attn='flash_attention_2' needs the flash_attn package, which is not installed; "
+                         "use the default attn='sdpa'") from None
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError("flash_attention_2 runs on CUDA in float16 or bfloat16 only")
+
+
+def _int8_backend(device: torch.device):
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ValueError("8-bit loading (bitsandbytes) needs a CUDA GPU; load without 8-bit on this machine")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ValueError("8-bit loading needs the bitsandbytes package: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return bitsandbytes, BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _to_8bit(lm: nn.Module, bnb, cfg) -> None:
+    """Swap the language model's nn.Linear layers (not lm_head, nor cfg's skipped modules) for
+    bitsandbytes' LLM.int8 layers; they quantise when moved to the GPU."""
+    skip = {"lm_head", *(cfg.llm_int8_skip_modules or [])}
+    for parent_name, parent in list(lm.named_modules()):
+        for name, child in list(parent.named_children()):
+            full_name = f"{parent_name}.{name}".lstrip(".")
+            if not isinstance(child, nn.Linear) or skip & {full_name, *full_name.split(".")}:
+                continue
+            layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                        has_fp16_weights=cfg.llm_int8_has_fp16_weight,
+                                        threshold=cfg.llm_int8_threshold, device="meta")
+            layer.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False,
+                                             has_fp16_weights=cfg.llm_int8_has_fp16_weight)
+            layer.bias = child.bias
+            setattr(parent, name, layer)
