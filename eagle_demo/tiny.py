@@ -1,0 +1,238 @@
+"""Tiny random-weight Eagle2 checkpoints in the official file layouts, for tests and demos without
+downloads: config.json of either layout, model.safetensors with the official key names, and
+tokenizer files (a copy of a real tokenizer, or a small byte-level BPE in the same format).
+
+Weights depend only on the seed and the model sizes, so the same seed gives byte-identical
+weights in both layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .model.config import Eagle2Config
+from .model.eagle2 import Eagle2Model
+from .model.loading import LM_HEAD, key_prefixes, to_checkpoint_key
+
+LAYOUTS = ("eagle_chat", "eagle_2_5_vl")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
+
+# Added tokens of the Eagle2 tokenizer, in id order: (content, special).
+ADDED_TOKENS = [
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True),
+    ("<|quad_start|>", True), ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True),
+    ("<|vision_pad|>", True), ("<|image_pad|>", True), ("<|video_pad|>", True),
+    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False), ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
+    ("<img>", True), ("</img>", True), ("<IMG_CONTEXT>", True), ("<quad>", True), ("</quad>", True),
+    ("<ref>", True), ("</ref>", True), ("<box>", True), ("</box>", True),
+]
+
+# Training text for the small BPE vocabulary: everyday words of image chat.
+CORPUS = """\
+You are a helpful assistant. Describe this image in detail. What is in the picture? The image shows
+a small brown dog sitting on a green lawn in front of a white house. There is a red ball next to the
+dog, and a tall tree on the left side of the picture. The sky is blue with a few white clouds.
+In the video, a person walks along the beach at sunset while the waves roll onto the sand.
+Frame 1 sampled at 0.50 seconds: a man holds a cup of coffee. Frame 2 sampled at 1.25 seconds: he
+puts the cup on the table and opens a book. How many people are there in this photo? There are three
+people: two children and one adult. The children are playing with a kite, and the adult is reading.
+Can you read the text on the sign? The sign says "Open every day from 9 to 5". Please answer the
+question with a single word. Yes. No. The cat is sleeping on the sofa next to the window.
+This is a chart of the monthly sales of the company. The highest value is in June and the lowest
+value is in January. The line goes up from the start of the year to the middle, then it goes down.
+Where was this picture taken? It looks like a busy street in a large city, with cars, buses, shops
+and many people walking on the side of the road. The weather is cold, because they wear coats.
+"""
+
+
+def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob: bool = False,
+                          tokenizer_dir: str | Path | None = None, seed: int = 0) -> Path:
+    """Write a tiny random Eagle2 checkpoint to out_dir (created if needed) and return its path.
+
+    mob=True gives the 9B structure (SigLIP + ConvNeXt towers, untied lm_head), which exists in
+    the eagle_chat layout only. tokenizer_dir: copy that tokenizer (e.g. the real Eagle2 one)
+    instead of writing a small one; the vocabulary size follows the tokenizer.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
+    if mob and layout != "eagle_chat":
+        raise ValueError("the SigLIP + ConvNeXt (9B) model exists in the eagle_chat layout only")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is None:
+        _write_small_tokenizer(out)
+    else:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, out / name)
+    ids = _token_ids(out)
+
+    config = _config_dict(layout, mob, ids)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True, "transformers_version": "4.37.2"}, indent=2) + "\n")
+    save_file(_random_weights(Eagle2Config.from_dict(config), seed), out / "model.safetensors",
+              metadata={"format": "pt"})
+    return out
+
+
+def _config_dict(layout: str, mob: bool, ids: dict[str, int]) -> dict:
+    text = {
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "hidden_act": "silu",
+        "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64, "max_position_embeddings": 32768,
+        "max_window_layers": 2, "model_type": "qwen2", "num_attention_heads": 4, "num_hidden_layers": 2,
+        "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "tie_word_embeddings": not mob, "torch_dtype": "bfloat16", "use_cache": False,
+        "use_sliding_window": False, "vocab_size": max(ids.values()) + 1,
+    }
+    siglip = {
+        "attention_dropout": 0.0, "drop_path_rate": 0.1, "hidden_act": "gelu_pytorch_tanh", "hidden_size": 32,
+        "image_size": 448, "intermediate_size": 64, "layer_norm_eps": 1e-06, "model_type": "siglip_vision_model",
+        "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14,
+        "torch_dtype": "bfloat16",
+    }
+    if layout == "eagle_chat":
+        siglip.update({"architectures": ["SiglipVisionModel"], "vision_use_head": False})
+    if mob:
+        vision = {
+            "model_type": "MOB", "hidden_size": "lazy_calculation", "moe_version_type": "convnext_512_siglip_448",
+            "vision_path": "MOB:convnext-1024;palisiglip", "grid_size": 32, "convnext_img_size": 512,
+            "siglip_img_size": 448, "normalize_type": "siglip", "mm_vision_select_layer": -1,
+            "vision_tower_convnext_path": "convnext_xxlarge.clip_laion2b_soup", "siglip_vision_config": siglip,
+            # not in the 9B json (which implies convnext_xxlarge): tiny stage depths and widths
+            "convnext_depths": [1, 1, 2, 1], "convnext_dims": [8, 16, 24, 32],
+        }
+    else:
+        vision = siglip
+    common = {
+        "downsample_ratio": 0.5, "dynamic_image_size": True, "force_image_size": 448, "mlp_checkpoint": False,
+        "pad2square": False, "pre_feature_reduction": False, "select_layer": -1, "template": "qwen2-chat",
+        "torch_dtype": "bfloat16", "use_backbone_lora": 0, "use_llm_lora": 0, "use_thumbnail": True,
+    }
+    if layout == "eagle_chat":
+        return {
+            "architectures": ["Eagle2ChatModel"],
+            "auto_map": {"AutoConfig": "configuration_eagle_chat.Eagle2ChatConfig",
+                         "AutoModel": "modeling_eagle_chat.Eagle2ChatModel",
+                         "AutoModelForCausalLM": "modeling_eagle_chat.Eagle2ChatModel"},
+            **common, "efficient_loss": True, "keep_aspect_ratio": False, "llm_config": text,
+            "loss_version": "v4", "max_dynamic_patch": 12, "min_dynamic_patch": 1, "model_type": "eagle_chat",
+            "ps_version": "v2", "transformers_version": None, "vision_config": vision,
+        }
+    return {
+        "architectures": ["Eagle2_5_VLForConditionalGeneration"],
+        "auto_map": {"AutoConfig": "configuration_eagle2_5_vl.Eagle2_5_VLConfig",
+                     "AutoModel": "modeling_eagle2_5_vl.Eagle2_5_VLForConditionalGeneration"},
+        **common, "image_token_index": ids["<IMG_CONTEXT>"], "max_dynamic_tiles": 12, "min_dynamic_tiles": 1,
+        "model_type": "eagle_2_5_vl", "text_config": text, "tie_word_embeddings": text["tie_word_embeddings"],
+        "transformers_version": "4.51.0", "vision_config": vision,
+    }
+
+
+def _random_weights(config: Eagle2Config, seed: int) -> dict[str, torch.Tensor]:
+    """N(0, 0.02) weights (norm scales 1 + N(0, 0.02)) in bfloat16, keyed as in the checkpoint."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Eagle2Model(config).state_dict().items()}
+    if config.text.tie_word_embeddings:
+        del shapes[LM_HEAD]
+    prefixes = key_prefixes(config)
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for key in sorted(shapes):
+        value = torch.randn(shapes[key], generator=generator) * 0.02
+        if len(shapes[key]) == 1 and key.endswith("weight"):
+            value += 1
+        weights[to_checkpoint_key(key, prefixes)] = value.to(torch.bfloat16)
+    return weights
+
+
+def _token_ids(folder: Path) -> dict[str, int]:
+    """Every token id of the tokenizer in folder: vocab.json plus the added tokens."""
+    ids = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    added = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))["added_tokens_decoder"]
+    ids.update({token["content"]: int(i) for i, token in added.items()})
+    return ids
+
+
+def _byte_symbols() -> list[str]:
+    """The printable stand-in of each byte 0..255 used by byte-level BPE (GPT-2's table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+def _learn_merges(text: str, symbols: list[str], count: int) -> list[tuple[str, str]]:
+    """Plain BPE training: repeatedly merge the most frequent adjacent pair (ties: smallest pair)."""
+    pieces = re.findall(r" ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]+|\s+", text)
+    words = Counter(tuple(symbols[b] for b in piece.encode()) for piece in pieces)
+    merges = []
+    while len(merges) < count:
+        pairs = Counter()
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        merged = Counter()
+        for word, n in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if word[i:i + 2] == best:
+                    out.append(best[0] + best[1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += n
+        words = merged
+    return merges
+
+
+def _write_small_tokenizer(out: Path, num_merges: int = 300) -> None:
+    """A Qwen2-format byte-level BPE tokenizer with the Eagle2 added tokens after its vocabulary."""
+    symbols = _byte_symbols()
+    merges = _learn_merges(CORPUS, symbols, num_merges)
+    vocab = {s: i for i, s in enumerate(symbols)}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+
+    added = {content: len(vocab) + i for i, (content, _) in enumerate(ADDED_TOKENS)}
+    specials = [content for content, special in ADDED_TOKENS[1:] if special]
+    decoder = {str(added[content]): {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+                                     "single_word": False, "special": special} for content, special in ADDED_TOKENS}
+    token = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    files = {
+        "added_tokens.json": dict(sorted(added.items())),
+        "special_tokens_map.json": {"additional_special_tokens": specials,
+                                    "eos_token": {"content": "<|im_end|>", **token},
+                                    "pad_token": {"content": "<|endoftext|>", **token}},
+        "tokenizer_config.json": {
+            "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
+            "added_tokens_decoder": decoder, "additional_special_tokens": specials, "bos_token": None,
+            "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>", "errors": "replace",
+            "model_max_length": 16384, "pad_token": "<|endoftext|>", "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+        },
+    }
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
