@@ -71,6 +71,9 @@ def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob
     if tokenizer_dir is None:
         _write_small_tokenizer(out)
     else:
+        missing = [name for name in TOKENIZER_FILES[:3] if not (Path(tokenizer_dir) / name).is_file()]
+        if missing:
+            raise ValueError(f"{tokenizer_dir} is not a Qwen2 tokenizer folder: it lacks {', '.join(missing)}")
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, out / name)

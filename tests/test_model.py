@@ -120,6 +120,7 @@ def test_mob_config_uses_spec_defaults():
     ({"text_config": {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}}, "only Qwen2"),
     ({"vision_config": {"model_type": "radio"}}, "unsupported vision tower"),
     ({"select_layer": -4}, "select_layer"),
+    ({"text_config": {"architectures": ["Qwen2ForCausalLM"]}}, "lacks the field 'vocab_size'"),
 ])
 def test_config_errors(tiny, change, message):
     d = json.loads((tiny["new"] / "config.json").read_text()) | change

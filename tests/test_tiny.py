@@ -143,3 +143,5 @@ def test_bad_arguments(tmp_path):
         write_tiny_checkpoint(tmp_path, "eagle3")
     with pytest.raises(ValueError, match="eagle_chat layout only"):
         write_tiny_checkpoint(tmp_path, "eagle_2_5_vl", mob=True)
+    with pytest.raises(ValueError, match="lacks vocab.json, merges.txt"):
+        write_tiny_checkpoint(tmp_path / "ckpt", tokenizer_dir=tmp_path)

@@ -107,6 +107,13 @@ class Eagle2Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Eagle2Config:
+        try:
+            return cls._parse(d)
+        except KeyError as e:
+            raise ValueError(f"config.json lacks the field {e.args[0]!r}") from None
+
+    @classmethod
+    def _parse(cls, d: dict) -> Eagle2Config:
         layout = d.get("model_type")
         if layout == "eagle_chat":
             text_dict = d["llm_config"]
