@@ -34,6 +34,7 @@ class GenerationSettings:
     top_k: int = 50  # 0 disables it
     max_new_tokens: int = 1024
     repetition_penalty: float = 1.1
+    seed: int | None = None  # fixes sampling, for reproducible answers
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."

@@ -1,0 +1,147 @@
+"""Qwen2 language model with a static KV cache (the LLM half of every Eagle2 checkpoint).
+
+Attribute names follow the checkpoint (`model.layers.0.self_attn.q_proj.weight`, ...), so weights
+load one to one. The forward pass takes embeddings rather than ids because image features are
+spliced into the sequence before the model sees it. Every shape in `forward` depends only on the
+input length and `attend_len`, never on tensor values, so a one-token step can be captured as a
+CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TextConfig
+
+
+class KVCache(nn.Module):
+    """Keys and values of every layer for one sequence, preallocated to `max_len` positions."""
+
+    def __init__(self, cfg: TextConfig, max_len: int, device=None, dtype=None):
+        super().__init__()
+        shape = (cfg.num_hidden_layers, 1, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, input_pos, cache: KVCache, attend_len: int, mask):
+        b, length, _ = x.shape
+        q = self.q_proj(x).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k_all, v_all = cache.k[self.layer_idx], cache.v[self.layer_idx]
+        k_all.index_copy_(2, input_pos, k.to(k_all.dtype))
+        v_all.index_copy_(2, input_pos, v.to(v_all.dtype))
+        k_all, v_all = k_all[:, :, :attend_len], v_all[:, :, :attend_len]
+        if mask is None:  # a fresh prompt starting at position 0: plain causal attention
+            out = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True, enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer_idx)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, input_pos, cache, attend_len, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, cache, attend_len, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Body(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Qwen2LM(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen2Body(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def new_cache(self, max_len: int) -> KVCache:
+        weight = self.model.embed_tokens.weight
+        return KVCache(self.config, max_len, device=weight.device, dtype=weight.dtype)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor, cache: KVCache,
+                attend_len: int | None = None) -> torch.Tensor:
+        """Run `embeds` [1, L, H] at positions `input_pos` [L]; return the final hidden states.
+
+        Keys and values are written into `cache` at `input_pos`; queries attend to the first
+        `attend_len` cache slots (default: up to the last input position), masked causally.
+        """
+        if attend_len is None:
+            attend_len = int(input_pos[-1]) + 1
+        fresh = attend_len == embeds.shape[1]  # positions 0..L-1: the causal kernel needs no mask
+        mask = None if fresh else (
+            torch.arange(attend_len, device=embeds.device)[None, :] <= input_pos[:, None])
+        angles = input_pos.float()[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos().to(embeds.dtype), angles.sin().to(embeds.dtype)
+        x = embeds
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, input_pos, cache, attend_len, mask)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()
