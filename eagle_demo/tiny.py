@@ -54,14 +54,39 @@ and many people walking on the side of the road. The weather is cold, because th
 """
 
 
+# Model sizes: "tiny" for tests; "small" for CPU benchmarks; the true Eagle2 sizes for GPU benchmarks
+# (weights' values do not change the cost). Each entry: Qwen2 dims, SigLIP dims, ConvNeXt dims or
+# None for the real ConvNeXt-XXL. Sizes other than tiny/small use the real 151674-row vocabulary.
+_SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, num_hidden_layers=27)
+SIZES = {
+    "tiny": (dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+                  num_hidden_layers=2),
+             dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2),
+             ([1, 1, 2, 1], [8, 16, 24, 32])),
+    "small": (dict(hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2,
+                   num_hidden_layers=4),
+              dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_hidden_layers=2),
+              ([1, 1, 2, 1], [16, 32, 48, 64])),
+    "1B": (dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
+                num_hidden_layers=24), _SIGLIP_SO400M, None),
+    "2B": (dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2,
+                num_hidden_layers=28), _SIGLIP_SO400M, None),
+    "9B": (dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
+                num_hidden_layers=28), _SIGLIP_SO400M, None),
+}
+REAL_VOCAB_SIZE = 151674
+
+
 def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob: bool = False,
-                          tokenizer_dir: str | Path | None = None, seed: int = 0) -> Path:
+                          tokenizer_dir: str | Path | None = None, seed: int = 0, size: str = "tiny") -> Path:
     """Write a tiny random Eagle2 checkpoint to out_dir (created if needed) and return its path.
 
     mob=True gives the 9B structure (SigLIP + ConvNeXt towers, untied lm_head), which exists in
     the eagle_chat layout only. tokenizer_dir: copy that tokenizer (e.g. the real Eagle2 one)
-    instead of writing a small one; the vocabulary size follows the tokenizer.
+    instead of writing a small one; the vocabulary size follows the tokenizer. size: a key of SIZES.
     """
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}: expected one of {tuple(SIZES)}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
     if mob and layout != "eagle_chat":
@@ -79,7 +104,7 @@ def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob
                 shutil.copyfile(Path(tokenizer_dir) / name, out / name)
     ids = _token_ids(out)
 
-    config = _config_dict(layout, mob, ids)
+    config = _config_dict(layout, mob, ids, size)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"_from_model_config": True, "transformers_version": "4.37.2"}, indent=2) + "\n")
@@ -88,21 +113,24 @@ def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob
     return out
 
 
-def _config_dict(layout: str, mob: bool, ids: dict[str, int]) -> dict:
+def _config_dict(layout: str, mob: bool, ids: dict[str, int], size: str) -> dict:
+    text_dims, siglip_dims, convnext_dims = SIZES[size]
+    vocab_size = max(ids.values()) + 1
+    if size not in ("tiny", "small"):
+        vocab_size = max(vocab_size, REAL_VOCAB_SIZE)
     text = {
         "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "hidden_act": "silu",
-        "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64, "max_position_embeddings": 32768,
-        "max_window_layers": 2, "model_type": "qwen2", "num_attention_heads": 4, "num_hidden_layers": 2,
-        "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "initializer_range": 0.02, "max_position_embeddings": 32768,
+        "max_window_layers": text_dims["num_hidden_layers"], "model_type": "qwen2", "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768,
         "tie_word_embeddings": not mob, "torch_dtype": "bfloat16", "use_cache": False,
-        "use_sliding_window": False, "vocab_size": max(ids.values()) + 1,
+        "use_sliding_window": False, "vocab_size": vocab_size, **text_dims,
     }
     siglip = {
-        "attention_dropout": 0.0, "drop_path_rate": 0.1, "hidden_act": "gelu_pytorch_tanh", "hidden_size": 32,
-        "image_size": 448, "intermediate_size": 64, "layer_norm_eps": 1e-06, "model_type": "siglip_vision_model",
-        "num_attention_heads": 2, "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14,
-        "torch_dtype": "bfloat16",
+        "attention_dropout": 0.0, "drop_path_rate": 0.1, "hidden_act": "gelu_pytorch_tanh", "image_size": 448,
+        "layer_norm_eps": 1e-06, "model_type": "siglip_vision_model", "num_channels": 3, "patch_size": 14,
+        "torch_dtype": "bfloat16", **siglip_dims,
     }
     if layout == "eagle_chat":
         siglip.update({"architectures": ["SiglipVisionModel"], "vision_use_head": False})
@@ -112,9 +140,9 @@ def _config_dict(layout: str, mob: bool, ids: dict[str, int]) -> dict:
             "vision_path": "MOB:convnext-1024;palisiglip", "grid_size": 32, "convnext_img_size": 512,
             "siglip_img_size": 448, "normalize_type": "siglip", "mm_vision_select_layer": -1,
             "vision_tower_convnext_path": "convnext_xxlarge.clip_laion2b_soup", "siglip_vision_config": siglip,
-            # not in the 9B json (which implies convnext_xxlarge): tiny stage depths and widths
-            "convnext_depths": [1, 1, 2, 1], "convnext_dims": [8, 16, 24, 32],
         }
+        if convnext_dims:  # not in the 9B json (which implies convnext_xxlarge): smaller stages
+            vision["convnext_depths"], vision["convnext_dims"] = convnext_dims
     else:
         vision = siglip
     common = {
