@@ -52,23 +52,25 @@ def make_animated_gif(path: str | Path, colors=((255, 0, 0), (0, 0, 255)), size=
 
 
 def make_photo(path: str | Path, size: tuple[int, int] = (4000, 3000), quality: int = 90) -> Path:
-    """A photo-like JPEG: smooth light, sensor noise, sharp-edged objects, slight lens blur."""
+    """A photo-like JPEG: smooth light, sharp-edged objects seen through a slightly soft lens,
+    then sensor noise."""
     rng = np.random.default_rng(0)
     width, height = size
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32) / max(size)
+    y, x = np.mgrid[0:height:8, 0:width:8].astype(np.float32) / max(size)
     light = np.stack(
         [128 + 90 * np.sin(9 * x) * np.cos(7 * y), 128 + 90 * np.sin(6 * (x + y)), 128 + 70 * np.cos(12 * x - 5 * y)],
         axis=-1,
     )
-    light += rng.normal(0, 6, light.shape).astype(np.float32)
-    img = Image.fromarray(light.clip(0, 255).astype(np.uint8))
+    img = Image.fromarray(light.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(img)
     for _ in range(150):
         x0, y0 = rng.integers(0, width), rng.integers(0, height)
         w, h = rng.integers(width // 100, width // 10, size=2)
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x0 + w, y0 + h], fill=color)
-    img.filter(ImageFilter.GaussianBlur(1)).save(path, quality=quality)
+    pixels = np.asarray(img.filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)
+    pixels += 4 * rng.standard_normal(pixels.shape, dtype=np.float32)
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=quality)
     return Path(path)
 
 
