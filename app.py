@@ -1,0 +1,130 @@
+"""Eagle2 Demo: `python app.py [--model nvidia/Eagle2-1B] [--share] ...`
+
+Every flag can also be set by an environment variable (shown in `--help`), which is how a
+Hugging Face Space configures it. The model loads on the first request, except on ZeroGPU,
+where Spaces wants it on CUDA at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from eagle_demo import ui
+from eagle_demo.config import DEFAULT_MODEL, LIMITS
+
+try:  # Hugging Face Spaces provides `spaces`; elsewhere generation runs undecorated
+    import spaces
+except ImportError:
+    spaces = None
+
+ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(description="Chat with Eagle2 about images and videos in your browser.")
+    p.add_argument("--model", default=env("EAGLE_MODEL", DEFAULT_MODEL),
+                   help="hub id or local checkpoint folder; a comma list adds a model menu [EAGLE_MODEL]")
+    p.add_argument("--load-8bit", action="store_true", default=_env_flag("EAGLE_LOAD_8BIT"),
+                   help="8-bit weights through bitsandbytes (CUDA only) [EAGLE_LOAD_8BIT]")
+    p.add_argument("--device", default=env("EAGLE_DEVICE"),
+                   help="cpu, cuda or cuda:N; default: cuda when available [EAGLE_DEVICE]")
+    p.add_argument("--dtype", default=env("EAGLE_DTYPE"), choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on CUDA, float32 on CPU [EAGLE_DTYPE]")
+    p.add_argument("--share", action="store_true", default=_env_flag("EAGLE_SHARE"),
+                   help="also serve through a public *.gradio.live link [EAGLE_SHARE]")
+    p.add_argument("--host", default=env("EAGLE_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1",
+                   help="address to bind; 0.0.0.0 serves your network [EAGLE_HOST, GRADIO_SERVER_NAME]")
+    p.add_argument("--port", type=int, default=int(env("EAGLE_PORT") or env("GRADIO_SERVER_PORT") or 7860),
+                   help="[EAGLE_PORT, GRADIO_SERVER_PORT]")
+    p.add_argument("--max-upload-mb", type=int, default=int(env("EAGLE_MAX_UPLOAD_MB") or LIMITS.max_upload_mb),
+                   help="largest file a user may upload [EAGLE_MAX_UPLOAD_MB]")
+    p.add_argument("--concurrency", type=int, default=int(env("EAGLE_CONCURRENCY") or 1),
+                   help="answers generated at once; more wait in the queue [EAGLE_CONCURRENCY]")
+    p.add_argument("--delete-uploads-after", type=float, default=float(env("EAGLE_DELETE_UPLOADS_AFTER") or 24),
+                   help="hours after which uploaded and generated files are deleted [EAGLE_DELETE_UPLOADS_AFTER]")
+    return p.parse_args(argv)
+
+
+class Engines:
+    """One Engine per model name, made on first use (the engine module, and torch, load then)."""
+
+    def __init__(self, **options):
+        self.options = options
+        self._engines: dict = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str):
+        with self._lock:
+            if name not in self._engines:
+                from eagle_demo.engine import Engine
+
+                self._engines[name] = Engine(name, **self.options)
+            return self._engines[name]
+
+
+def check_models(models: list[str]) -> str | None:
+    """A message for a model that cannot work (a missing folder); a note for hub ids not downloaded."""
+    for name in models:
+        path = Path(name).expanduser()
+        looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") != 1
+        if looks_local and not (path / "config.json").is_file():
+            return (f"error: {name!r} is not a checkpoint folder (no config.json there) nor a hub id like "
+                    f"nvidia/Eagle2-1B.\nMake a tiny test checkpoint with `python -m eagle_demo tiny --out "
+                    f"./tiny-eagle2` and run `python app.py --model ./tiny-eagle2`.")
+        if not looks_local and not _in_hub_cache(name):
+            print(f"note: {name} is not downloaded yet; it is fetched from the Hugging Face Hub on the first "
+                  f"message.{ui.load_hint(name).replace('`', '')}", file=sys.stderr)
+    return None
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def build(args: argparse.Namespace):
+    """(the Blocks app, its Engines, the keyword arguments for launch()) for parsed flags."""
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    problem = check_models(models)
+    if problem:
+        sys.exit(problem)
+    limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
+    engines = Engines(device="cuda" if ZERO_GPU else args.device, dtype=args.dtype,
+                      load_8bit=args.load_8bit, limits=limits)
+    if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call
+        for name in models:
+            engines(name).load()
+    keep = int(args.delete_uploads_after * 3600)
+    gpu = spaces.GPU(duration=120) if spaces is not None else (lambda fn: fn)  # seconds of GPU per answer
+    demo = ui.build_app(engines, models, limits=limits, gpu=gpu,
+                        concurrency=args.concurrency, delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
+    demo.queue(default_concurrency_limit=args.concurrency)
+    launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=ui.theme(), css=ui.CSS,
+                  max_file_size=f"{args.max_upload_mb}mb", allowed_paths=[str(ui.ASSETS)],
+                  footer_links=["api", "gradio"])
+    return demo, engines, launch
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    demo, _, launch = build(parse_args(argv))
+    demo.launch(**launch)
+
+
+if __name__ == "__main__":
+    main()
