@@ -59,3 +59,17 @@ def test_draw_boxes_without_boxes_returns_an_rgb_copy():
     image = Image.new("L", (10, 10), 7)
     out = draw_boxes(image, [])
     assert out.mode == "RGB" and out.getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_the_app_draws_an_answers_boxes_on_the_latest_image(tmp_path):
+    from eagle_demo import ui
+
+    first, latest = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (100, 100), "white").save(first)
+    Image.new("RGB", (200, 100), "black").save(latest)
+    turns = [{"role": "user", "text": "", "images": [str(first), str(latest)], "video": None}]
+    path = ui.annotate("<ref>thing</ref><box>[[0, 0, 500, 500]]</box>", turns)
+    with Image.open(path) as drawn:
+        assert drawn.size == (200, 100) and drawn.getpixel((0, 25)) != (0, 0, 0)
+    assert ui.annotate("no boxes", turns) is None
+    assert ui.annotate("<box>[[0, 0, 5, 5]]</box>", [{**turns[0], "images": []}]) is None
