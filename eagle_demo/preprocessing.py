@@ -136,11 +136,10 @@ def fit_tiles_to_context(
     image_sizes: Sequence[tuple[int, int]],
     num_frames: int,
     max_tiles: int,
-    *,
+    context_tokens: int,
     tile_size: int,
     tokens_per_tile: int,
     use_thumbnail: bool,
-    context_tokens: int,
 ) -> int:
     """The per-image max_tiles to tile every image of a conversation with (upstream rule).
 
@@ -149,9 +148,7 @@ def fit_tiles_to_context(
     drops by 2 (12, 10, 8, ...); it never goes below 1. Text tokens are not counted, as upstream.
     """
     while max_tiles > 1:
-        tiles = num_frames + sum(
-            count_tiles(w, h, max_tiles, tile_size, use_thumbnail) for w, h in image_sizes
-        )
+        tiles = num_frames + sum(count_tiles(w, h, max_tiles, tile_size, use_thumbnail) for w, h in image_sizes)
         if tiles * tokens_per_tile < context_tokens:
             break
         max_tiles = max(1, max_tiles - 2)
@@ -213,10 +210,14 @@ class PromptTokens:
 
 
 def load_tokenizer(path: str | Path):
-    """The checkpoint's Qwen2 tokenizer (vocab.json + merges.txt + added tokens), offline."""
-    from transformers import AutoTokenizer  # slow import, only needed here
+    """The checkpoint's Qwen2 tokenizer (vocab.json + merges.txt + added tokens), offline.
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    Named directly, not through AutoTokenizer: that reads the checkpoint's config.json, whose
+    auto_map names remote code, and asks on stdin whether to run it.
+    """
+    from transformers import Qwen2Tokenizer  # slow import, only needed here
+
+    return Qwen2Tokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile: int) -> Prompt:

@@ -145,7 +145,7 @@ def test_reduced_scale_decode_stays_within_tolerance(tmp_path):
 
 
 def test_fit_tiles_to_context_lowers_the_limit_by_two():
-    fit = dict(tile_size=S, tokens_per_tile=256, use_thumbnail=True, context_tokens=16384)  # 64 tiles
+    fit = dict(context_tokens=16384, tile_size=S, tokens_per_tile=256, use_thumbnail=True)  # 64 tiles
     photo = (4000, 3000)
     tiles = {limit: count_tiles(*photo, limit, S, True) for limit in (12, 11, 10, 9, 8, 7)}
     assert tiles == {12: 13, 11: 10, 10: 10, 9: 10, 8: 7, 7: 7}  # (4,3), (3,3), (3,2) + thumbnail
