@@ -1,0 +1,86 @@
+"""`python -m eagle_demo generate|tiny`: scripted inference and tiny test checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT, GenerationSettings
+
+_DEFAULTS = GenerationSettings()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m eagle_demo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="answer one question about images or a video")
+    gen.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local checkpoint folder")
+    gen.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
+    gen.add_argument("--video", help="a video file")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT)
+    gen.add_argument("--max-tiles", type=int, default=_DEFAULTS.max_tiles)
+    gen.add_argument("--frames", type=int, default=_DEFAULTS.num_frames)
+    gen.add_argument("--temperature", type=float, default=_DEFAULTS.temperature, help="0 for greedy")
+    gen.add_argument("--top-p", type=float, default=_DEFAULTS.top_p)
+    gen.add_argument("--top-k", type=int, default=_DEFAULTS.top_k)
+    gen.add_argument("--repetition-penalty", type=float, default=_DEFAULTS.repetition_penalty)
+    gen.add_argument("--max-new-tokens", type=int, default=_DEFAULTS.max_new_tokens)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    gen.add_argument("--load-8bit", action="store_true")
+    gen.add_argument("--json", action="store_true",
+                     help="print only one JSON object at the end: text, prompt_token_ids, token_ids, num_tiles")
+
+    tiny = commands.add_parser("tiny", help="write a tiny random-weight checkpoint in an official layout")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--layout", choices=["eagle_chat", "eagle_2_5_vl"], default="eagle_2_5_vl")
+    tiny.add_argument("--mob", action="store_true", help="Eagle2-9B's SigLIP + ConvNeXt vision tower")
+    tiny.add_argument("--tokenizer", help="copy this tokenizer folder instead of writing a small one")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--size", default="tiny", help="tiny, small, or the true 1B, 2B, 9B dims (random weights)")
+    return parser
+
+
+def _generate(args) -> int:
+    from .engine import Engine, Message
+
+    settings = GenerationSettings(
+        max_tiles=args.max_tiles, num_frames=args.frames, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
+        seed=args.seed)
+    engine = Engine(args.model, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit)
+    message = Message("user", args.prompt, images=args.image, video=args.video)
+    generation = engine.chat([message], args.system, settings)
+    for delta in generation:
+        if not args.json:
+            print(delta, end="", flush=True)
+    if args.json:
+        print(json.dumps({"text": generation.text, "prompt_token_ids": generation.prompt_token_ids,
+                          "token_ids": generation.token_ids, "num_tiles": generation.num_tiles}))
+    else:
+        print()
+    return 0
+
+
+def _tiny(args) -> int:
+    from .tiny import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(args.out, layout=args.layout, mob=args.mob,
+                                 tokenizer_dir=args.tokenizer, seed=args.seed, size=args.size)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _generate(args) if args.command == "generate" else _tiny(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one clear line, not a traceback: every expected failure has a message
+        print(f"error: {e}", file=sys.stderr)
+        return 1

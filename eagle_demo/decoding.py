@@ -1,0 +1,121 @@
+"""The per-token machinery: one decode step (eager or a replayed CUDA graph), sampling, detokenising."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .config import GenerationSettings
+
+log = logging.getLogger(__name__)
+
+# Attention spans a captured decode step may cover. A step at position p replays the graph of the
+# smallest span above p, so any prompt length reuses graphs captured once per loaded model.
+ATTEND_BUCKETS = (1024, 2048, 4096, 8192, 16384, 32768)
+
+# Grounding markup stays in the text although these are special tokens (as upstream decodes them).
+VISIBLE_SPECIAL_TOKENS = ("<ref>", "</ref>", "<box>", "</box>")
+
+
+class Decoder:
+    """Runs one-token steps of a Qwen2LM over its static KV cache."""
+
+    def __init__(self, lm, cache, use_cuda_graphs: bool):
+        self.lm, self.cache = lm, cache
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if use_cuda_graphs:
+            try:
+                self._capture()
+            except Exception as e:  # e.g. a quantised layer that cannot be captured
+                log.warning("CUDA graph capture failed (%s); decoding eagerly", e)
+                self.graphs = {}
+
+    def _forward_one(self, token: torch.Tensor, pos: torch.Tensor, attend_len: int) -> torch.Tensor:
+        hidden = self.lm(self.lm.embed(token.view(1, 1)), pos, self.cache, attend_len)
+        return self.lm.logits(hidden[0, -1])
+
+    def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        """Feed `token` at position `pos`; return the logits for position `pos + 1`."""
+        if not self.graphs:
+            return self._forward_one(token, torch.tensor([pos], device=token.device), pos + 1)
+        span = next(s for s in self.graphs if s > pos)
+        self._token.copy_(token.view(1))
+        self._pos.fill_(pos)
+        graph, logits = self.graphs[span]
+        graph.replay()
+        return logits
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        device = self.cache.k.device
+        self._token = torch.zeros(1, dtype=torch.long, device=device)
+        self._pos = torch.zeros(1, dtype=torch.long, device=device)  # position 0: no prompt is cached yet
+        spans = [s for s in ATTEND_BUCKETS if s < self.cache.max_len] + [self.cache.max_len]
+        pool = None
+        for span in spans:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up: lazy kernel and workspace set-up must not be captured
+                for _ in range(2):
+                    self._forward_one(self._token, self._pos, span)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                logits = self._forward_one(self._token, self._pos, span)
+            pool = graph.pool()
+            self.graphs[span] = (graph, logits)
+
+
+def sample_next(logits: torch.Tensor, seen: torch.Tensor, s: GenerationSettings,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token id (a 0-d tensor on the logits' device) from float32 logits [V].
+
+    Order as in transformers: repetition penalty over `seen` ids, then temperature, top-k, top-p.
+    """
+    if s.repetition_penalty != 1.0:
+        penalised = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if s.temperature <= 0:
+        return logits.argmax()
+    logits = logits / s.temperature
+    k = s.top_k if 0 < s.top_k < logits.shape[-1] else logits.shape[-1]
+    values, ids = torch.topk(logits, k)  # sorted, highest first
+    if s.top_p < 1.0:
+        probs = values.softmax(-1)
+        outside = (probs.cumsum(-1) - probs) > s.top_p  # keeps the smallest prefix reaching top_p
+        values = values.masked_fill(outside, float("-inf"))
+    choice = torch.multinomial(values.softmax(-1), 1, generator=generator)
+    return ids[choice[0]]
+
+
+class TextStream:
+    """Turns generated ids into text deltas, holding back an unfinished multi-byte character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        visible = set(tokenizer.convert_tokens_to_ids(list(VISIBLE_SPECIAL_TOKENS)))
+        self.hidden = set(tokenizer.all_special_ids) - visible
+        self.ids: list[int] = []
+        self.start = 0  # ids before this are already final text
+        self.read = 0  # ids before this have been emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int) -> str:
+        if token_id in self.hidden:
+            return ""
+        self.ids.append(token_id)
+        done = self._decode(self.ids[self.start:self.read])
+        text = self._decode(self.ids[self.start:])
+        if len(text) <= len(done) or text.endswith("\ufffd"):
+            return ""
+        self.start, self.read = self.read, len(self.ids)
+        return text[len(done):]
+
+    def flush(self) -> str:
+        done = self._decode(self.ids[self.start:self.read])
+        text = self._decode(self.ids[self.start:])
+        self.start = self.read = len(self.ids)
+        return text[len(done):]

@@ -1,0 +1,372 @@
+"""The only owner of the loaded model: lazy loading, prompt assembly, streaming decode, KV reuse.
+
+One conversation turn goes: files -> media.py (safe decode) -> preprocessing.py (tiles, prompt ids)
+-> vision tower for images not seen before -> prefill of the part of the prompt that is not
+already in the KV cache -> one token per step until `<|im_end|>`, the token limit or a cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from . import media, preprocessing
+from .config import LIMITS, GenerationSettings, Limits
+from .decoding import Decoder, TextStream, sample_next
+
+log = logging.getLogger(__name__)
+
+
+class PromptError(ValueError):
+    """A request the model cannot take as it is; the message is meant for the user."""
+
+
+@dataclass
+class Message:
+    role: str  # "user" or "assistant"
+    text: str
+    images: list[str] = field(default_factory=list)  # file paths, user messages only
+    video: str | None = None
+
+
+class _LRU:
+    """A small thread-safe least-recently-used map: requests prepare media while another decodes."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self._items:
+                return default
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class Engine:
+    """Loads one Eagle2 checkpoint on first use and answers chat requests, one at a time."""
+
+    def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
+                 load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool = True):
+        self.model_name = model
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.load_8bit = load_8bit
+        self.limits = limits
+        self.use_cuda_graphs = use_cuda_graphs
+        self.status = "not loaded"
+        self.model = None
+        self.tokenizer = None
+        self.vision_calls = 0  # visuals sent through the vision tower since load
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # one decode at a time: the model and KV cache are shared
+        self._pixels = _LRU(64)  # visual key -> Visual (tiles)
+        self._features = _LRU(64)  # visual key -> image features [tiles * tokens_per_tile, H]
+        self._cached_sig: list = []  # what the KV cache holds, position by position
+        self._digests = _LRU(1024)  # (path, size, mtime) -> content digest
+
+    # ------------------------------------------------------------------ loading
+    def load(self, progress: Callable[[float, str], None] | None = None) -> None:
+        """Load the checkpoint once; later calls return at once. Safe to call from many threads."""
+        if self.model is not None:
+            return
+        report = progress or (lambda fraction, text: None)
+        with self._load_lock:
+            if self.model is not None:
+                return
+            from .model import load_eagle2, resolve_checkpoint
+
+            try:
+                self.status = f"fetching {self.model_name}…"
+                report(0.05, self.status)
+                path = resolve_checkpoint(self.model_name)
+                self.status = f"loading {self.model_name} on {self.device}…"
+                report(0.3, self.status)
+                model = load_eagle2(path, device=self.device, dtype=self.dtype, load_in_8bit=self.load_8bit)
+                tokenizer = preprocessing.load_tokenizer(path)
+                self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
+                self._check_image_token(model)
+                report(0.8, "preparing the decoder…")
+                self.context = min(self.limits.context_tokens, model.config.text.max_position_embeddings)
+                cache = model.language_model.new_cache(self.context)
+                self.decoder = Decoder(model.language_model, cache,
+                                       use_cuda_graphs=self.use_cuda_graphs and self.device.startswith("cuda"))
+            except Exception:
+                self.status = "not loaded (the last attempt failed)"
+                raise
+            self.tokenizer, self.model = tokenizer, model
+            self.stop_ids = {i for i in (self.tokens.im_end, self.tokens.im_start,
+                                         tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+            self.status = f"ready: {self.model_name} on {self.device}"
+            report(1.0, self.status)
+
+    def _check_image_token(self, model) -> None:
+        expected = model.config.image_token_index
+        if expected is not None and expected != self.tokens.img_context:
+            raise ValueError(f"config.json says the image token is {expected}, "
+                             f"but the tokenizer has <IMG_CONTEXT> = {self.tokens.img_context}")
+
+    def clear_caches(self) -> None:
+        """Forget tiled images, image features and the KV cache's contents (the next turn starts cold)."""
+        with self._run_lock:
+            self._pixels.clear()
+            self._features.clear()
+            self._cached_sig = []
+
+    # ------------------------------------------------------------------ requests
+    def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
+             cancel: threading.Event | None = None) -> "Generation":
+        """Prepare a request (media, prompt) and return its Generation, which streams the answer.
+
+        Raises MediaError or PromptError for requests the user must change; nothing is decoded
+        until the Generation is iterated.
+        """
+        settings = settings or GenerationSettings()
+        turns_in = _group_turns(messages, self.limits)
+        self.load()
+        t0 = time.perf_counter()
+        cfg = self.model.config
+        sizes = [media.image_size(p, self.limits) for user, _ in turns_in for p in user.images]
+        frames = sum(min(settings.num_frames, self.limits.max_video_frames) for user, _ in turns_in if user.video)
+        max_tiles = preprocessing.fit_tiles_to_context(
+            sizes, frames, settings.max_tiles, tile_size=cfg.tile_size, tokens_per_tile=cfg.tokens_per_tile,
+            use_thumbnail=cfg.use_thumbnail, context_tokens=self.context)
+        turns = []
+        for user, answer in turns_in:
+            images = [self._tiled_image(p, max_tiles) for p in user.images]
+            frames, stamps = self._tiled_video(user.video, settings.num_frames) if user.video else ([], [])
+            turns.append(preprocessing.Turn(user=user.text, images=images, frames=frames,
+                                            timestamps=stamps, answer=answer))
+        prompt = preprocessing.build_prompt(turns, system, self.tokenizer, cfg.tokens_per_tile)
+        room = self.context - len(prompt.input_ids)
+        if room < 1:
+            raise PromptError(f"This conversation needs {len(prompt.input_ids):,} tokens, more than the "
+                              f"model's {self.context:,}. Clear the chat or send fewer images.")
+        return Generation(self, prompt, settings, min(settings.max_new_tokens, room), cancel,
+                          {"media_s": time.perf_counter() - t0})
+
+    def _digest(self, path: str) -> str:
+        stat = os.stat(path)
+        memo_key = (path, stat.st_size, stat.st_mtime_ns)
+        digest = self._digests.get(memo_key)
+        if digest is None:
+            digest = media.file_digest(path)
+            self._digests.put(memo_key, digest)
+        return digest
+
+    def _tiled_image(self, path: str, max_tiles: int) -> preprocessing.Visual:
+        cfg = self.model.config
+        key = f"{self._digest(path)}:tiles{max_tiles}"
+        visual = self._pixels.get(key)
+        if visual is None:
+            size = media.image_size(path, self.limits)
+            cols, rows = preprocessing.choose_grid(*size, 1, max_tiles, cfg.tile_size)
+            # a big JPEG may decode at reduced scale, as long as it stays larger than the tiles
+            img = media.open_image(path, self.limits, min_size=(cols * cfg.tile_size, rows * cfg.tile_size))
+            pixels = preprocessing.tile_image(img, max_tiles, cfg.tile_size, cfg.use_thumbnail, source_size=size)
+            visual = preprocessing.Visual(pixel_values=pixels, key=key)
+            self._pixels.put(key, visual)
+        return visual
+
+    def _tiled_video(self, path: str, num_frames: int) -> tuple[list[preprocessing.Visual], list[float]]:
+        """Sampled frames, one tile each (as upstream: no tiling, no thumbnail), and their times."""
+        tile_size = self.model.config.tile_size
+        num_frames = min(num_frames, self.limits.max_video_frames)
+        key = f"{self._digest(path)}:frames{num_frames}"
+        cached = self._pixels.get(key)
+        if cached is None:
+            clip = media.sample_video(path, num_frames, self.limits)
+            frames = [preprocessing.Visual(preprocessing.tile_image(f, 1, tile_size, False), f"{key}:{i}")
+                      for i, f in enumerate(clip.frames)]
+            cached = (frames, clip.timestamps)
+            self._pixels.put(key, cached)
+        return cached
+
+    # ------------------------------------------------------------------ model work (under _run_lock)
+    def _embed_prompt(self, prompt: preprocessing.Prompt) -> torch.Tensor:
+        lm = self.model.language_model
+        ids = torch.tensor(prompt.input_ids, device=self.device)
+        embeds = lm.embed(ids[None])
+        if prompt.visuals:
+            found = {v.key: self._features.get(v.key) for v in prompt.visuals}
+            new = list({v.key: v for v in prompt.visuals if found[v.key] is None}.values())
+            if new:
+                encoded = self.model.encode_images(torch.cat([v.pixel_values for v in new]).to(self.device))
+                self.vision_calls += len(new)
+                for v, feats in zip(new, encoded.split([v.pixel_values.shape[0] for v in new])):
+                    found[v.key] = feats.flatten(0, 1)
+                    self._features.put(v.key, found[v.key])
+            feats = torch.cat([found[v.key] for v in prompt.visuals])
+            positions = (ids == self.tokens.img_context).nonzero().squeeze(1)
+            if positions.numel() != feats.shape[0]:
+                raise RuntimeError(f"{positions.numel()} image tokens in the prompt for {feats.shape[0]} features")
+            embeds[0, positions] = feats.to(embeds.dtype)
+        return embeds
+
+    def _prefill(self, prompt: preprocessing.Prompt, embeds: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Run the part of the prompt the KV cache does not hold yet; return last logits and reuse."""
+        sig = _signature(prompt, self.tokens.img_context)
+        reuse = _common_prefix(self._cached_sig, sig, limit=len(sig) - 1)
+        self._cached_sig = []  # invalid until this prefill completes
+        positions = torch.arange(reuse, len(sig), device=self.device)
+        hidden = self.model.language_model(embeds[:, reuse:], positions, self.decoder.cache)
+        self._cached_sig = sig
+        return self.model.language_model.logits(hidden[0, -1]), reuse
+
+
+class Generation:
+    """Iterate for the answer's text deltas. Afterwards: text, token ids, tile counts and timings."""
+
+    def __init__(self, engine: Engine, prompt, settings: GenerationSettings, max_new_tokens: int,
+                 cancel: threading.Event | None, timings: dict):
+        self.engine, self.prompt, self.settings = engine, prompt, settings
+        self.max_new_tokens = max_new_tokens
+        self.cancel = cancel or threading.Event()
+        self.timings = timings
+        self.prompt_token_ids = prompt.input_ids
+        self.num_tiles = prompt.num_tiles
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None  # "stop", "length" or "cancelled"
+
+    def __iter__(self) -> Iterator[str]:
+        engine = self.engine
+        with engine._run_lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            embeds = engine._embed_prompt(self.prompt)
+            _sync(engine.device)
+            t1 = time.perf_counter()
+            logits, reuse = engine._prefill(self.prompt, embeds)
+            self.timings.update(vision_s=t1 - t0, reused_tokens=reuse, prefill_tokens=len(self.prompt_token_ids) - reuse)
+            yield from self._decode(logits, t0, t1)
+
+    def _decode(self, logits: torch.Tensor, t_start: float, t_prefill: float) -> Iterator[str]:
+        engine, settings = self.engine, self.settings
+        seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        seen[torch.tensor(self.prompt_token_ids, device=logits.device)] = True
+        stream = TextStream(engine.tokenizer)
+        generator = None
+        if settings.seed is not None:
+            generator = torch.Generator(logits.device).manual_seed(settings.seed)
+        pos = len(self.prompt_token_ids)
+        t_first = None
+        self.finish_reason = "length"
+        for _ in range(self.max_new_tokens):
+            if self.cancel.is_set():
+                self.finish_reason = "cancelled"
+                break
+            token = sample_next(logits, seen, settings, generator)
+            token_id = int(token)
+            if t_first is None:
+                t_first = time.perf_counter()
+                self.timings["prefill_s"] = t_first - t_prefill
+                self.timings["ttft_s"] = self.timings["media_s"] + t_first - t_start
+            if token_id in engine.stop_ids:
+                self.finish_reason = "stop"
+                break
+            self.token_ids.append(token_id)
+            seen[token] = True
+            delta = stream.push(token_id)
+            if delta:
+                self.text += delta
+                yield delta
+            if len(self.token_ids) == self.max_new_tokens or pos >= engine.context:
+                break
+            engine._cached_sig = engine._cached_sig[:pos]
+            logits = engine.decoder.step(token, pos)
+            engine._cached_sig.append(token_id)
+            pos += 1
+        tail = stream.flush()
+        if tail:
+            self.text += tail
+            yield tail
+        if t_first is not None and len(self.token_ids) > 1:
+            self.timings["decode_tokens_per_s"] = (len(self.token_ids) - 1) / (time.perf_counter() - t_first)
+
+
+def _group_turns(messages: list[Message], limits: Limits) -> list[tuple[Message, str | None]]:
+    """Pair user messages with the answers that follow them; merge consecutive user messages."""
+    turns: list[tuple[Message, str | None]] = []
+    for m in messages:
+        if m.role == "user":
+            if turns and turns[-1][1] is None:
+                prev = turns[-1][0]
+                text = "\n".join(t for t in (prev.text, m.text) if t)
+                merged = Message("user", text, [*prev.images, *m.images], m.video or prev.video)
+                if m.video and prev.video:
+                    raise PromptError("Send one video per message.")
+                turns[-1] = (merged, None)
+            else:
+                turns.append((Message("user", m.text, list(m.images), m.video), None))
+        elif m.role == "assistant":
+            if not turns or turns[-1][1] is not None:
+                raise PromptError("An answer must follow a question.")
+            turns[-1] = (turns[-1][0], m.text)
+        else:
+            raise PromptError(f"Unknown message role {m.role!r}; use 'user' or 'assistant'.")
+    if not turns or turns[-1][1] is not None:
+        raise PromptError("The conversation must end with a user message.")
+    last = turns[-1][0]
+    if not (last.text.strip() or last.images or last.video):
+        raise PromptError("Type a question or add an image or video.")
+    if len(last.text) > limits.max_prompt_chars:
+        raise PromptError(f"The message is {len(last.text):,} characters long; "
+                          f"the limit is {limits.max_prompt_chars:,}.")
+    visuals = sum(len(u.images) + bool(u.video) for u, _ in turns)
+    if visuals > limits.max_images_per_conversation:
+        raise PromptError(f"This conversation has {visuals} images and videos; the limit is "
+                          f"{limits.max_images_per_conversation}. Clear the chat to start over.")
+    return turns
+
+
+def _signature(prompt: preprocessing.Prompt, img_context: int) -> list:
+    """The prompt position by position, each image token named by the image it carries."""
+    sig: list = list(prompt.input_ids)
+    visuals = iter(prompt.visuals)
+    i = 0
+    while i < len(sig):
+        if sig[i] != img_context:
+            i += 1
+            continue
+        end = i
+        while end < len(sig) and sig[end] == img_context:
+            end += 1
+        sig[i:end] = [next(visuals).key] * (end - i)
+        i = end
+    return sig
+
+
+def _common_prefix(a: list, b: list, limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

@@ -1,0 +1,144 @@
+"""The engine on tiny random checkpoints: layouts agree, KV reuse is exact, stop/cancel/limits work."""
+
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from eagle_demo.config import GenerationSettings, Limits
+from eagle_demo.decoding import TextStream, sample_next
+from eagle_demo.engine import Engine, Message, PromptError
+from eagle_demo.media import MediaError
+from eagle_demo.preprocessing import load_tokenizer
+from eagle_demo.tiny import write_tiny_checkpoint
+
+GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=12, max_tiles=4, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {layout: write_tiny_checkpoint(root / layout, layout=layout, seed=0)
+            for layout in ("eagle_chat", "eagle_2_5_vl")}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("img")
+    paths = []
+    for i, size in enumerate([(900, 500), (300, 640)]):
+        img = Image.new("RGB", size, (40 * i, 120, 200))
+        for x in range(0, size[0], 37):
+            img.paste((255, 30 * i, 0), (x, 0, x + 9, size[1]))
+        img.save(root / f"{i}.png")
+        paths.append(str(root / f"{i}.png"))
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    return paths + [str(root / "corrupt.png")]
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoints):
+    return Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu")
+
+
+def run(engine, messages, settings=GREEDY, **kw):
+    gen = engine.chat(messages, "You are a helpful assistant.", settings, **kw)
+    deltas = list(gen)
+    assert "".join(deltas) == gen.text
+    return gen
+
+
+def test_both_layouts_give_identical_greedy_ids(checkpoints, images):
+    question = [Message("user", "What is in this image?", images=images[:1])]
+    old, new = (run(Engine(str(checkpoints[k]), device="cpu"), question) for k in ("eagle_chat", "eagle_2_5_vl"))
+    assert old.prompt_token_ids == new.prompt_token_ids
+    assert old.token_ids == new.token_ids and len(new.token_ids) == GREEDY.max_new_tokens
+    assert new.num_tiles == [3]  # 900x500 at 4 tiles max: a 2x1 grid plus the thumbnail
+
+
+def test_follow_up_reuses_cache_and_images_exactly(checkpoints, engine, images):
+    first = [Message("user", "Compare these.", images=images[:2])]
+    answer = run(engine, first)
+    calls = engine.vision_calls
+    follow = first + [Message("assistant", answer.text), Message("user", "And the colours?")]
+    reused = run(engine, follow)
+    assert engine.vision_calls == calls  # no image went through the vision tower again
+    assert reused.timings["reused_tokens"] > 0.9 * len(answer.prompt_token_ids)
+    fresh = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), follow)
+    assert reused.prompt_token_ids == fresh.prompt_token_ids
+    assert reused.token_ids == fresh.token_ids
+
+
+def test_seeded_sampling_is_reproducible(engine, images):
+    settings = GenerationSettings(temperature=1.0, top_p=0.9, top_k=40, max_new_tokens=10, seed=7)
+    question = [Message("user", "Describe.", images=images[1:2])]
+    assert run(engine, question, settings).token_ids == run(engine, question, settings).token_ids
+
+
+def test_cancel_stops_between_tokens(engine):
+    cancel = threading.Event()
+    gen = engine.chat([Message("user", "Tell me a long story.")], "", GenerationSettings(
+        temperature=0.0, max_new_tokens=200), cancel=cancel)
+    for _ in gen:
+        if len(gen.token_ids) >= 3:
+            cancel.set()
+    assert gen.finish_reason == "cancelled"
+    assert len(gen.token_ids) <= 4
+
+
+def test_stops_at_a_stop_token(engine):
+    question = [Message("user", "Hi")]
+    first_token = run(engine, question).token_ids[0]
+    stops = engine.stop_ids
+    engine.stop_ids = stops | {first_token}  # make the model's own first choice a stop token
+    try:
+        gen = run(engine, question)
+    finally:
+        engine.stop_ids = stops
+    assert gen.finish_reason == "stop" and gen.token_ids == [] and gen.text == ""
+
+
+def test_bad_requests_get_clear_errors_and_the_engine_keeps_working(checkpoints, images):
+    limits = Limits(max_prompt_chars=50, max_images_per_conversation=2)
+    engine = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu", limits=limits)
+    with pytest.raises(MediaError):
+        engine.chat([Message("user", "What is this?", images=images[2:3])], "", GREEDY)
+    with pytest.raises(PromptError, match="limit is 50"):
+        engine.chat([Message("user", "x" * 51)], "", GREEDY)
+    with pytest.raises(PromptError, match="limit is 2"):
+        engine.chat([Message("user", "x", images=images[:2] + images[:1])], "", GREEDY)
+    with pytest.raises(PromptError, match="end with a user message"):
+        engine.chat([Message("user", "x"), Message("assistant", "y")], "", GREEDY)
+    assert len(run(engine, [Message("user", "Still there?", images=images[:1])]).token_ids) == 12
+
+
+def test_context_overflow_is_refused(checkpoints):
+    engine = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu", limits=Limits(context_tokens=40))
+    with pytest.raises(PromptError, match="more than the model's 40"):
+        engine.chat([Message("user", "word " * 45)], "", GREEDY)
+    gen = run(engine, [Message("user", "hi")], GenerationSettings(temperature=0.0, max_new_tokens=500))
+    assert len(gen.prompt_token_ids) + len(gen.token_ids) <= 40  # generation is clipped to the context
+
+
+def test_text_stream_keeps_grounding_markup_and_whole_characters(checkpoints):
+    tok = load_tokenizer(checkpoints["eagle_2_5_vl"])
+    text = "<ref>the eagle 🦅</ref><box>[[12,40,600,980]]</box> é"
+    ids = tok("<|im_start|>" + text, add_special_tokens=False).input_ids
+    stream = TextStream(tok)
+    deltas = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in d for d in deltas)
+
+
+def test_sampling_rules():
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
+    seen = torch.tensor([False, True, False, False])
+    greedy = GenerationSettings(temperature=0.0, repetition_penalty=1.0)
+    assert int(sample_next(logits, seen, greedy)) == 1
+    penalised = GenerationSettings(temperature=0.0, repetition_penalty=2.0)
+    assert int(sample_next(logits, seen, penalised)) == 2  # 3.0 / 2 falls below 2.0
+    top1 = GenerationSettings(temperature=5.0, top_k=1, repetition_penalty=1.0)
+    nucleus = GenerationSettings(temperature=1.0, top_k=0, top_p=0.01, repetition_penalty=1.0)
+    for s in (top1, nucleus):
+        assert {int(sample_next(logits, seen, s)) for _ in range(20)} == {1}
