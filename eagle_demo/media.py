@@ -14,7 +14,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from eagle_demo.config import LIMITS, Limits
 
@@ -87,7 +87,7 @@ def _transposed(img: Image.Image) -> bool:
 
     Only EXIF found in the header counts: asking a PNG for a later eXIf chunk decodes it all.
     """
-    return "exif" in img.info and img.getexif().get(ImageOps.ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return "exif" in img.info and img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
 
 
 def image_size(path: str | Path, limits: Limits = LIMITS) -> tuple[int, int]:
