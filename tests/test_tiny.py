@@ -8,16 +8,10 @@ import pytest
 from safetensors import safe_open
 
 from eagle_demo.model import Eagle2Config, load_eagle2
+from eagle_demo.preprocessing import load_tokenizer
 from eagle_demo.tiny import write_tiny_checkpoint
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "eagle2-1b"
-
-
-def load_tokenizer(path):
-    from transformers import AutoTokenizer
-
-    # config.json names remote code in auto_map, as the real checkpoints do; never run it.
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
 def test_official_field_names(tmp_path):

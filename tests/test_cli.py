@@ -1,0 +1,69 @@
+"""`python -m eagle_demo generate` end to end on a tiny checkpoint, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.media_factory import make_corrupt_file, make_image, make_video
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eagle_demo", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = root / "model"
+    assert cli("tiny", "--out", str(model), "--layout", "eagle_chat").returncode == 0
+    return {"model": str(model),
+            "wide": str(make_image(root / "wide.png", (1000, 400))),
+            "tall": str(make_image(root / "tall.jpg", (300, 900))),
+            "video": str(make_video(root / "clip.mp4", frames=12, size=(64, 48), fps=6)),
+            "corrupt": str(make_corrupt_file(root / "photo.png"))}
+
+
+def generate(files, *args):
+    done = cli("generate", "--model", files["model"], "--temperature", "0", "--max-new-tokens", "6", *args)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.parametrize("media,tiles", [
+    ([], []),
+    (["--image", "wide"], [4]),  # 1000x400: a 3x1 grid and the thumbnail
+    (["--image", "wide", "--image", "tall"], [4, 4]),
+    (["--video", "video", "--frames", "4"], [1, 1, 1, 1]),
+])
+def test_json_answer_for_text_images_and_video(files, media, tiles):
+    args = [files.get(a, a) for a in media]
+    result = json.loads(generate(files, "--prompt", "What do you see?", "--max-tiles", "4", "--json", *args).stdout)
+    assert set(result) == {"text", "prompt_token_ids", "token_ids", "num_tiles"}
+    assert result["num_tiles"] == tiles
+    assert len(result["token_ids"]) <= 6
+    assert len(result["prompt_token_ids"]) > 256 * sum(tiles)
+
+
+def test_text_streams_to_stdout_and_matches_json(files):
+    plain = generate(files, "--prompt", "Hello there", "--image", files["wide"]).stdout
+    as_json = json.loads(generate(files, "--prompt", "Hello there", "--image", files["wide"], "--json").stdout)
+    assert plain == as_json["text"] + "\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image", "corrupt"], "photo.png is not an image"),
+    (["--image", "/no/such/file.png"], "file.png"),
+])
+def test_bad_input_fails_with_one_clear_line(files, args, message):
+    done = cli("generate", "--model", files["model"], "--prompt", "x", *[files.get(a, a) for a in args])
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_model_offline_fails_cleanly(files, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    done = cli("generate", "--model", "nvidia/Eagle2-404B", "--prompt", "x")
+    assert done.returncode == 1 and "local checkpoint folder" in done.stderr
