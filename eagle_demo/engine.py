@@ -28,6 +28,10 @@ class PromptError(ValueError):
     """A request the model cannot take as it is; the message is meant for the user."""
 
 
+class GenerationError(RuntimeError):
+    """The model failed on a request (e.g. out of GPU memory); the message is meant for the user."""
+
+
 @dataclass
 class Message:
     role: str  # "user" or "assistant"
@@ -128,6 +132,13 @@ class Engine:
         if expected is not None and expected != self.tokens.img_context:
             raise ValueError(f"config.json says the image token is {expected}, "
                              f"but the tokenizer has <IMG_CONTEXT> = {self.tokens.img_context}")
+
+    def _after_oom(self) -> None:
+        """Free what a failed request held, so that the next one starts clean."""
+        self._cached_sig = []
+        self._features.clear()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def clear_caches(self) -> None:
         """Forget tiled images, image features and the KV cache's contents (the next turn starts cold)."""
@@ -253,58 +264,70 @@ class Generation:
         self.finish_reason: str | None = None  # "stop", "length" or "cancelled"
 
     def __iter__(self) -> Iterator[str]:
-        engine = self.engine
-        with engine._run_lock, torch.inference_mode():
-            t0 = time.perf_counter()
-            embeds = engine._embed_prompt(self.prompt)
-            _sync(engine.device)
-            t1 = time.perf_counter()
-            logits, reuse = engine._prefill(self.prompt, embeds)
-            self.timings.update(vision_s=t1 - t0, reused_tokens=reuse, prefill_tokens=len(self.prompt_token_ids) - reuse)
-            yield from self._decode(logits, t0, t1)
+        # Each step runs in its own inference_mode block: a generator may be resumed on another
+        # thread (Gradio's workers), where a mode entered before a `yield` would not hold.
+        with self.engine._run_lock:
+            try:
+                self._begin()
+                while (delta := self._advance()) is not None:
+                    if delta:
+                        self.text += delta
+                        yield delta
+            except torch.OutOfMemoryError:
+                self.engine._after_oom()
+                raise GenerationError("The GPU ran out of memory for this request. Try fewer image tiles or "
+                                      "video frames, or a shorter conversation.") from None
+        if self._t_first is not None and len(self.token_ids) > 1:
+            self.timings["decode_tokens_per_s"] = (len(self.token_ids) - 1) / (time.perf_counter() - self._t_first)
 
-    def _decode(self, logits: torch.Tensor, t_start: float, t_prefill: float) -> Iterator[str]:
-        engine, settings = self.engine, self.settings
-        seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-        seen[torch.tensor(self.prompt_token_ids, device=logits.device)] = True
-        stream = TextStream(engine.tokenizer)
-        generator = None
-        if settings.seed is not None:
-            generator = torch.Generator(logits.device).manual_seed(settings.seed)
-        pos = len(self.prompt_token_ids)
-        t_first = None
-        self.finish_reason = "length"
-        for _ in range(self.max_new_tokens):
-            if self.cancel.is_set():
-                self.finish_reason = "cancelled"
-                break
-            token = sample_next(logits, seen, settings, generator)
-            token_id = int(token)
-            if t_first is None:
-                t_first = time.perf_counter()
-                self.timings["prefill_s"] = t_first - t_prefill
-                self.timings["ttft_s"] = self.timings["media_s"] + t_first - t_start
-            if token_id in engine.stop_ids:
-                self.finish_reason = "stop"
-                break
-            self.token_ids.append(token_id)
-            seen[token] = True
-            delta = stream.push(token_id)
-            if delta:
-                self.text += delta
-                yield delta
-            if len(self.token_ids) == self.max_new_tokens or pos >= engine.context:
-                break
-            engine._cached_sig = engine._cached_sig[:pos]
-            logits = engine.decoder.step(token, pos)
-            engine._cached_sig.append(token_id)
-            pos += 1
-        tail = stream.flush()
-        if tail:
-            self.text += tail
-            yield tail
-        if t_first is not None and len(self.token_ids) > 1:
-            self.timings["decode_tokens_per_s"] = (len(self.token_ids) - 1) / (time.perf_counter() - t_first)
+    @torch.inference_mode()
+    def _begin(self) -> None:
+        engine = self.engine
+        self._t_start = time.perf_counter()
+        embeds = engine._embed_prompt(self.prompt)
+        _sync(engine.device)
+        self._t_prefill = time.perf_counter()
+        self._logits, reuse = engine._prefill(self.prompt, embeds)
+        self.timings.update(vision_s=self._t_prefill - self._t_start, reused_tokens=reuse,
+                            prefill_tokens=len(self.prompt_token_ids) - reuse)
+        device = self._logits.device
+        self._seen = torch.zeros(self._logits.shape[-1], dtype=torch.bool, device=device)
+        self._seen[torch.tensor(self.prompt_token_ids, device=device)] = True
+        self._random = None if self.settings.seed is None else torch.Generator(device).manual_seed(self.settings.seed)
+        self._stream = TextStream(engine.tokenizer)
+        self._pos = len(self.prompt_token_ids)
+        self._t_first = None
+        self._done = False
+
+    @torch.inference_mode()
+    def _advance(self) -> str | None:
+        """Pick one token and feed it to the model; return its text delta, None when finished."""
+        engine = self.engine
+        if self._done:
+            return None
+        if self.cancel.is_set():
+            return self._finish("cancelled")
+        token = sample_next(self._logits, self._seen, self.settings, self._random)
+        token_id = int(token)
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
+            self.timings["prefill_s"] = self._t_first - self._t_prefill
+            self.timings["ttft_s"] = self.timings["media_s"] + self._t_first - self._t_start
+        if token_id in engine.stop_ids:
+            return self._finish("stop")
+        self.token_ids.append(token_id)
+        self._seen[token] = True
+        delta = self._stream.push(token_id)
+        if len(self.token_ids) >= self.max_new_tokens or self._pos >= engine.context:
+            return delta + self._finish("length")
+        self._logits = engine.decoder.step(token, self._pos)
+        engine._cached_sig.append(token_id)
+        self._pos += 1
+        return delta
+
+    def _finish(self, reason: str) -> str:
+        self.finish_reason, self._done = reason, True
+        return self._stream.flush()
 
 
 def _group_turns(messages: list[Message], limits: Limits) -> list[tuple[Message, str | None]]:

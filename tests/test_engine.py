@@ -1,6 +1,7 @@
 """The engine on tiny random checkpoints: layouts agree, KV reuse is exact, stop/cancel/limits work."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -142,3 +143,17 @@ def test_sampling_rules():
     nucleus = GenerationSettings(temperature=1.0, top_k=0, top_p=0.01, repetition_penalty=1.0)
     for s in (top1, nucleus):
         assert {int(sample_next(logits, seen, s)) for _ in range(20)} == {1}
+
+
+def test_generation_resumes_on_other_threads(engine):
+    """Gradio may call next() on a streaming generator from a different worker thread each time."""
+    gen = iter(engine.chat([Message("user", "Hi")], "", GREEDY))
+    deltas = []
+    while True:
+        worker = ThreadPoolExecutor(1)
+        delta = worker.submit(next, gen, None).result()
+        worker.shutdown()
+        if delta is None:
+            break
+        deltas.append(delta)
+    assert "".join(deltas) == run(engine, [Message("user", "Hi")]).text
