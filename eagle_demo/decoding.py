@@ -7,6 +7,7 @@ import logging
 import torch
 
 from .config import GenerationSettings
+from .preprocessing import GROUNDING_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -14,8 +15,6 @@ log = logging.getLogger(__name__)
 # smallest span above p, so any prompt length reuses graphs captured once per loaded model.
 ATTEND_BUCKETS = (1024, 2048, 4096, 8192, 16384, 32768)
 
-# Grounding markup stays in the text although these are special tokens (as upstream decodes them).
-VISIBLE_SPECIAL_TOKENS = ("<ref>", "</ref>", "<box>", "</box>")
 
 
 class Decoder:
@@ -94,7 +93,7 @@ class TextStream:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        visible = set(tokenizer.convert_tokens_to_ids(list(VISIBLE_SPECIAL_TOKENS)))
+        visible = set(tokenizer.convert_tokens_to_ids(list(GROUNDING_TOKENS)))
         self.hidden = set(tokenizer.all_special_ids) - visible
         self.ids: list[int] = []
         self.start = 0  # ids before this are already final text

@@ -6,6 +6,7 @@ from the model config and are passed in by the caller.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,6 +184,11 @@ class Prompt:
     num_tiles: list[int]  # per visual
 
 
+# Special tokens of the grounding markup (`<ref>label</ref><box>[[x1,y1,x2,y2]]</box>`): they stay
+# in the answer text, as upstream decodes them, and go back into the prompt as special tokens.
+GROUNDING_TOKENS = ("<ref>", "</ref>", "<box>", "</box>")
+
+
 @dataclass(frozen=True)
 class PromptTokens:
     """Ids of the structural special tokens, read from the tokenizer."""
@@ -220,6 +226,18 @@ def load_tokenizer(path: str | Path):
     return Qwen2Tokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+def _answer_pieces(answer: str, tokenizer) -> list[str | int]:
+    """An earlier answer as the model wrote it: its grounding markup as the special tokens it was
+    generated as, everything else as plain text."""
+    pieces: list[str | int] = []
+    for part in re.split(f"({'|'.join(map(re.escape, GROUNDING_TOKENS))})", answer):
+        if part in GROUNDING_TOKENS:
+            pieces.append(tokenizer.convert_tokens_to_ids(part))
+        elif part:
+            pieces.append(part)
+    return pieces
+
+
 def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile: int) -> Prompt:
     """Token ids of the conversation in the layout of Eagle2's chat() (ChatML).
 
@@ -247,7 +265,7 @@ def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile:
                 pieces += [f"Frame {i} sampled at {t:.2f} seconds: ", frame, "\n"]
         pieces += [turn.user, ids.im_end, "\n", ids.im_start, "assistant\n"]
         if turn.answer:  # an empty answer renders like a missing one, as in the official template
-            pieces += [turn.answer, ids.im_end, "\n"]
+            pieces += [*_answer_pieces(turn.answer, tokenizer), ids.im_end, "\n"]
 
     prompt = Prompt(input_ids=[], visuals=[], num_tiles=[])
     for is_text, run in groupby(pieces, key=lambda piece: isinstance(piece, str)):

@@ -11,7 +11,7 @@ from eagle_demo.config import GenerationSettings, Limits
 from eagle_demo.decoding import TextStream, sample_next
 from eagle_demo.engine import Engine, Message, PromptError
 from eagle_demo.media import MediaError
-from eagle_demo.preprocessing import load_tokenizer
+from eagle_demo.preprocessing import Turn, build_prompt, load_tokenizer
 from eagle_demo.tiny import write_tiny_checkpoint
 
 GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=12, max_tiles=4, repetition_penalty=1.0)
@@ -157,3 +157,14 @@ def test_generation_resumes_on_other_threads(engine):
             break
         deltas.append(delta)
     assert "".join(deltas) == run(engine, [Message("user", "Hi")]).text
+
+
+def test_grounding_markup_of_an_answer_goes_back_as_special_tokens(checkpoints):
+    tok = load_tokenizer(checkpoints["eagle_2_5_vl"])
+    markup = "<ref>cat</ref><box>[[1,2,3,4]]</box>"
+    turns = [Turn(user=markup, images=[], frames=[], timestamps=[], answer=f"Here: {markup}."),
+             Turn(user="Thanks", images=[], frames=[], timestamps=[])]
+    ids = build_prompt(turns, "", tok, tokens_per_tile=256).input_ids
+    specials = tok.convert_tokens_to_ids(["<ref>", "</ref>", "<box>", "</box>"])
+    assert [ids.count(i) for i in specials] == [1, 1, 1, 1]  # the answer's markup only, not the user's
+    assert tok.decode(ids).count(markup) == 2
