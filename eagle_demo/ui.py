@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import mimetypes
+import queue
 import tempfile
 import threading
 import time
@@ -34,7 +35,7 @@ DEFAULTS = GenerationSettings()
 OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # annotated images and exports; gradio copies them
 
 CSS = """
-#chat .message img {max-height: 320px; width: auto;}
+#chat .message img {max-height: 240px; width: auto;}
 @media (max-width: 640px) {
   #examples {max-width: calc(100vw - 64px); overflow-x: auto;}
   #chat {height: 60vh !important;}
@@ -123,11 +124,45 @@ def engine_messages(turns: list[dict]) -> list:
     return [Message(t["role"], t["text"], list(t["images"]), t["video"]) for t in turns]
 
 
+_DONE = object()
+
+
+def decode_on_own_thread(generation, cancel: threading.Event) -> Iterator[str]:
+    """Yield `generation`'s text deltas, iterating it on one thread of its own.
+
+    gradio resumes a streaming handler on whichever worker thread is free, while torch keeps its
+    inference mode per thread, so the decode loop must not hop threads. Closing this generator
+    (Stop, a client's cancel) sets `cancel`; the loop then ends after its current token.
+    """
+    deltas: queue.Queue = queue.Queue()
+
+    def run():
+        try:
+            for delta in generation:
+                deltas.put(delta)
+        except BaseException as e:  # handed to the consumer, who raises it
+            deltas.put(e)
+        finally:
+            deltas.put(_DONE)
+
+    worker = threading.Thread(target=run, name="eagle2-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := deltas.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        worker.join(timeout=30)  # the engine stops after the token it is on
+
+
 def settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
-                  top_k=DEFAULTS.top_k) -> GenerationSettings:
+                  top_k=DEFAULTS.top_k, seed=None) -> GenerationSettings:
     return GenerationSettings(max_tiles=int(max_tiles), num_frames=int(num_frames), temperature=float(temperature),
                               top_p=float(top_p), top_k=int(top_k), max_new_tokens=int(max_new_tokens),
-                              repetition_penalty=float(repetition_penalty))
+                              repetition_penalty=float(repetition_penalty),
+                              seed=None if seed is None or seed == "" else int(seed))
 
 
 # ----------------------------------------------------------------------------- grounding
@@ -167,6 +202,11 @@ def export_json(history: list[dict], model: str, system: str, settings: Generati
 
 
 # ----------------------------------------------------------------------------- the app
+def short_name(model: str) -> str:
+    """A hub id as it is; a local checkpoint by its folder name."""
+    return Path(model).name if Path(model).exists() else model
+
+
 def load_hint(model: str) -> str:
     if Path(model).exists():
         return ""
@@ -190,7 +230,10 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
     `gpu` wraps the functions that run the model (`spaces.GPU` on ZeroGPU)."""
 
     def status(model: str) -> str:
-        return f"**{model}** · {get_engine(model).status}"
+        text = get_engine(model).status.replace(model, short_name(model))
+        if text == "not loaded":
+            text += " (it loads with the first message)"
+        return f"**Model** {short_name(model)} · {text}"
 
     def add_message(text: str, images, video, history: list[dict]):
         images = [item[0] for item in images or []]
@@ -201,15 +244,16 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
 
     @gpu
     def respond(history: list[dict], cancel: threading.Event | None, model: str, system: str,
-                max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k,
+                max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed,
                 progress=gr.Progress()) -> Iterator[tuple[list[dict], str]]:
         if not history or history[-1]["role"] != "user" or _is_error(history[-1]):
             return  # nothing asked (an empty message, or Retry with nothing to retry)
         cancel = cancel or threading.Event()
         engine = get_engine(model)
         turns = conversation(history)
-        settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k)
-        text, stream = "", None
+        settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
+                                 top_k, seed)
+        text = ""
         try:
             try:
                 engine.load(lambda fraction, desc: progress(fraction, desc=desc))
@@ -218,8 +262,8 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                 yield history + [error_message(f"Could not load **{model}**: {e}{load_hint(model)}")], status(model)
                 return
             yield history, status(model)
-            stream = iter(engine.chat(engine_messages(turns), system, settings, cancel=cancel))
-            for delta in stream:
+            generation = engine.chat(engine_messages(turns), system, settings, cancel=cancel)
+            for delta in decode_on_own_thread(generation, cancel):
                 text += delta
                 yield history + [answer_message(text)], status(model)
         except ValueError as e:  # MediaError / PromptError: something the user can change
@@ -231,9 +275,7 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
             yield history + kept + [error_message(f"The model failed: {e}. Try again, or Clear.")], status(model)
             return
         finally:
-            cancel.set()  # also reached when Stop closes this generator: the decode loop stops
-            if stream is not None:
-                stream.close()
+            cancel.set()
         yield history + [answer_message(text, annotate(text, turns))], status(model)
 
     @gpu
@@ -241,39 +283,39 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                  history: list[dict] | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
                  max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
                  top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
-                 repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k,
+                 repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed: int | None = None,
                  model: str | None = None) -> Iterator[str]:
         """Answer `message` about `images` / `video` after `history` ([{"role", "content"}] text
         messages); streams the answer so far."""
         turns = []
         for h in history or []:
             if not isinstance(h, dict) or h.get("role") not in ("user", "assistant"):
-                raise gr.Error('history must be a list of {"role": "user" | "assistant", "content": text}')
+                raise gr.Error('history must be a list of {"role": "user" | "assistant", "content": text}',
+                               print_exception=False)
             turns.append({"role": h["role"], "text": _parts(h)[0], "images": [], "video": None})
         turns.append({"role": "user", "text": message or "", "images": list(images or []), "video": video})
-        settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k)
+        settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
+                                 top_k, seed)
         name = model or models[0]
         engine = get_engine(name)
         try:
             engine.load()
         except Exception as e:
             log.warning("loading %s failed: %s", name, e)
-            raise gr.Error(f"Could not load {name}: {e}{load_hint(name)}") from e
-        cancel, stream, text = threading.Event(), None, ""
+            raise gr.Error(f"Could not load {name}: {e}{load_hint(name)}", print_exception=False) from e
+        cancel, text = threading.Event(), ""
         try:
-            stream = iter(engine.chat(engine_messages(turns), system, settings, cancel=cancel))
-            for delta in stream:
+            generation = engine.chat(engine_messages(turns), system, settings, cancel=cancel)
+            for delta in decode_on_own_thread(generation, cancel):
                 text += delta
                 yield text
         except ValueError as e:  # MediaError / PromptError
-            raise gr.Error(hide_paths(str(e), turns)) from e
+            raise gr.Error(hide_paths(str(e), turns), print_exception=False) from e
         except Exception as e:
             log.exception("generation failed")
             raise gr.Error(f"The model failed: {e}") from e
         finally:
             cancel.set()
-            if stream is not None:
-                stream.close()
         if not text:
             yield text
 
@@ -297,10 +339,16 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         if cancel is not None:
             cancel.set()
 
-    def export(history: list[dict], model: str, system: str, *knobs) -> str | None:
+    def export(history: list[dict], model: str = models[0], system: str = DEFAULT_SYSTEM_PROMPT,
+               max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
+               top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
+               repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed=None) -> str | None:
+        """The chat and the settings used, as a JSON file to download."""
         if not history:
             return None
-        data = export_json(history, model, system, settings_from(*knobs))
+        settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
+                                 top_k, seed)
+        data = export_json(history, model, system, settings)
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         path = OUT_DIR / f"eagle2-chat-{time.strftime('%Y%m%d-%H%M%S')}-{hashlib.sha1(json.dumps(data).encode()).hexdigest()[:8]}.json"
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
@@ -333,7 +381,8 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                     clear_btn = gr.Button("Clear", size="sm", elem_id="clear", min_width=60)
                     export_btn = gr.DownloadButton("Export", size="sm", elem_id="export", value=None, min_width=60)
             with gr.Column(scale=2, min_width=280):
-                model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1)
+                model = gr.Dropdown([(short_name(m), m) for m in models], value=models[0], label="Model",
+                                    visible=len(models) > 1)
                 status_md = gr.Markdown(elem_id="status")
                 with gr.Accordion("Settings", open=True):
                     max_tiles = gr.Slider(1, 24, DEFAULTS.max_tiles, step=1, label="Max tiles per image",
@@ -346,6 +395,8 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                 with gr.Accordion("More settings", open=False):
                     top_p = gr.Slider(0.05, 1, DEFAULTS.top_p, step=0.05, label="Top-p")
                     top_k = gr.Slider(0, 200, DEFAULTS.top_k, step=1, label="Top-k", info="0 = off")
+                    seed = gr.Number(None, precision=0, label="Seed",
+                                     info="empty: a fresh answer each time; a number repeats an answer")
                     repetition_penalty = gr.Slider(1, 2, DEFAULTS.repetition_penalty, step=0.05,
                                                    label="Repetition penalty")
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, max_lines=8,
@@ -373,7 +424,7 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
             api_answer = gr.Textbox(label="answer")
             api_button = gr.Button()
 
-        knobs = [max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k]
+        knobs = [max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed]
         model_queue = dict(concurrency_id="model", concurrency_limit=concurrency)
 
         def chain_respond(event):
@@ -393,8 +444,7 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                         api_visibility="private")
         for event in (answered, retried, undone, stopped):  # the Export button always holds the chat so far
             event.then(export, [chatbot, model, system, *knobs], export_btn, show_progress="hidden",
-                       **(dict(api_name="export", api_visibility="undocumented") if event is answered
-                          else dict(api_visibility="private")))
+                       **(dict(api_name="export") if event is answered else dict(api_visibility="private")))
         model.change(status, model, status_md, queue=False, api_visibility="private")
         demo.load(status, model, status_md, queue=False, api_visibility="private")
         api_button.click(chat_api, [api_message, api_images, api_video, api_history, system, *knobs, model],

@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny random-weight checkpoint and the real app serving it over loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+ARTIFACTS = ROOT / "test-artifacts"
+
+# Tests never reach the network: no hub downloads, no gradio telemetry or version checks.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight Eagle2 checkpoint (current 1B/2B layout); loads in well under a second."""
+    from eagle_demo.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-eagle2", layout="eagle_2_5_vl")
+
+
+class Recorder:
+    """Keeps every Generation the engine hands out, so tests can see what the decode loop did."""
+
+    def __init__(self, engine):
+        self.generations: list = []
+        chat = engine.chat
+
+        def recording_chat(*args, **kwargs):
+            generation = chat(*args, **kwargs)
+            self.generations.append(generation)
+            return generation
+
+        engine.chat = recording_chat  # the real engine, observed
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_checkpoint):
+    """`app.py`'s own app on a free loopback port, launched in this process so tests can look at
+    its engine. Yields url, engine (already loaded), recorder and the Blocks."""
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    port = free_port()
+    demo, engines, launch = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--port", str(port)]))
+    engine = engines(str(tiny_checkpoint))
+    engine.load()
+    recorder = Recorder(engine)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", engine=engine, recorder=recorder, demo=demo,
+                              model=str(tiny_checkpoint))
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server.url, verbose=False, analytics_enabled=False)
+
+
+def stream(job, timeout: float = 60.0) -> list:
+    """All the updates a gradio_client job streams, in order (waits for the job to finish)."""
+    done = threading.Event()
+    job.add_done_callback(lambda _: done.set())
+    assert done.wait(timeout), "the job did not finish in time"
+    return job.outputs()

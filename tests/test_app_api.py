@@ -1,0 +1,223 @@
+"""The app over HTTP with gradio_client, on a tiny random checkpoint: streaming, cancel, bad uploads,
+export, and `python app.py` itself (start-up time, clear messages instead of tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+
+from tests.conftest import ASSETS, ROOT, free_port, stream
+
+def test_chat_history_becomes_the_models_conversation():
+    from eagle_demo import ui
+
+    history = [
+        ui.user_message("first", ["/up/a.png"], "/up/v.mp4"),
+        ui.answer_message("answer one", "/out/boxes.png"),
+        ui.user_message("broken", ["/up/bad.png"], None),
+        ui.error_message("bad.png is not an image"),  # drops itself and the question it answers
+        {"role": "user", "content": [{"type": "file", "file": {"path": "/up/b.jpg"}},  # as gradio hands it back
+                                     {"type": "text", "text": "second"}]},
+    ]
+    assert ui.conversation(history) == [
+        {"role": "user", "text": "first", "images": ["/up/a.png"], "video": "/up/v.mp4"},
+        {"role": "assistant", "text": "answer one", "images": [], "video": None},
+        {"role": "user", "text": "second", "images": ["/up/b.jpg"], "video": None},
+    ]
+    assert ui.hide_paths("/up/bad.png is broken", ui.conversation(history[2:3])) == "bad.png is broken"
+
+
+# Random weights: greedy decoding repeats one token (a newline here), sampling gives visible text.
+# A fixed seed keeps the answers, and so the tests, the same on every run.
+FAST = dict(temperature=1.0, top_p=1.0, top_k=0, seed=0, max_tiles=2, max_new_tokens=32)
+
+CASES = {
+    "text": dict(),
+    "one image": dict(images=["scene.jpg"]),
+    "two images": dict(images=["compare_a.jpg", "compare_b.jpg"]),
+    "video": dict(video="ball.mp4"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_answer_streams_in_partial_updates(client, app_server, case):
+    spec = CASES[case]
+    images = [handle_file(str(ASSETS / name)) for name in spec.get("images", [])]
+    video = handle_file(str(ASSETS / spec["video"])) if "video" in spec else None
+    job = client.submit("What do you see?", images, video, [], num_frames=4, **FAST, api_name="/chat")
+    updates = stream(job)
+    answer = job.result()
+
+    assert len(updates) > 1, "the answer came in one piece"
+    assert all(later.startswith(earlier) and later != earlier for earlier, later in zip(updates, updates[1:]))
+    assert updates[-1] == answer and answer.strip()
+    generation = app_server.recorder.generations[-1]
+    assert generation.text == answer
+    # every image, and each of the 4 sampled frames, reached the model as its own visual
+    assert len(generation.num_tiles) == len(images) + (4 if video else 0)
+
+
+def test_history_and_settings_reach_the_model(client, app_server):
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]
+    answer = client.predict("Tell me more.", None, None, history, "Answer briefly.", temperature=0,
+                            max_new_tokens=7, api_name="/chat")
+    generation = app_server.recorder.generations[-1]
+    prompt = app_server.engine.tokenizer.decode(generation.prompt_token_ids)
+    assert "Answer briefly." in prompt and "Hello! How can I help?" in prompt and "Tell me more." in prompt
+    assert len(generation.token_ids) <= 7 and generation.text == answer
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_cancel_stops_the_decode_loop_within_a_couple_of_tokens(client, app_server):
+    limit = 4000
+    job = client.submit("Write a very long story.", temperature=0, max_new_tokens=limit, api_name="/chat")
+    _wait_for(lambda: len(job.outputs()) >= 3, 30, "the first updates")
+    generation = app_server.recorder.generations[-1]
+    before = len(generation.token_ids)
+    start = time.monotonic()
+    job.cancel()  # returns once the server has handled the cancel
+    seconds = time.monotonic() - start
+    at_return = len(generation.token_ids)
+
+    def settled(last=[-1, 0.0]):  # the token count has not moved for 0.3 s
+        n, now = len(generation.token_ids), time.monotonic()
+        if n != last[0]:
+            last[:] = [n, now]
+        return now - last[1] > 0.3
+
+    _wait_for(settled, 10, "the decode loop to stop")
+    final = len(generation.token_ids)
+    print(f"cancel: {before} tokens when called, {at_return} when it returned after {seconds * 1000:.0f} ms "
+          f"(HTTP round trip included), {final} in the end, of {limit}")
+    assert final - at_return <= 1, "the decode loop went on after the cancel was handled"
+    assert seconds < 1 and final < limit / 4
+    assert generation.cancel.is_set()
+
+    # the engine is free again at once: a new request is answered promptly
+    start = time.monotonic()
+    answer = client.predict("Hello", **{**FAST, "max_new_tokens": 5}, api_name="/chat")
+    assert answer and time.monotonic() - start < 5
+    assert app_server.recorder.generations[-1] is not generation
+
+
+def test_corrupt_upload_gives_a_clear_message_and_the_next_request_works(client, tmp_path):
+    bad = tmp_path / "holiday.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10)
+    with pytest.raises(AppError) as caught:
+        client.predict("What is this?", [handle_file(str(bad))], api_name="/chat")
+    message = str(caught.value)
+    assert "holiday.jpg" in message or "image" in message.lower()
+    assert "Traceback" not in message and "/tmp/gradio" not in message  # no server folders either
+
+    bad_video = tmp_path / "clip.mp4"
+    bad_video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    with pytest.raises(AppError) as caught:
+        client.predict("What happens?", None, handle_file(str(bad_video)), api_name="/chat")
+    assert "video" in str(caught.value).lower() or "clip.mp4" in str(caught.value)
+
+    answer = client.predict("What is this?", [handle_file(str(ASSETS / "chart.png"))], **FAST, api_name="/chat")
+    assert answer.strip()
+
+
+def test_export_holds_the_conversation_and_settings(client):
+    image = handle_file(str(ASSETS / "chart.png"))
+    answer = client.predict("What does the chart show?", [image], **FAST, api_name="/chat")
+    history = [
+        {"role": "user", "content": [{"type": "file", "file": image}, {"type": "text", "text": "What does the chart show?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+    path = client.predict(history, api_name="/export")
+    data = json.loads(open(path, encoding="utf-8").read())
+    assert data["messages"] == [
+        {"role": "user", "text": "What does the chart show?", "images": ["chart.png"], "video": None},
+        {"role": "assistant", "text": answer},
+    ]
+    assert data["system_prompt"] == "You are a helpful assistant."
+    assert {"max_tiles", "num_frames", "temperature", "top_p", "top_k", "max_new_tokens",
+            "repetition_penalty"} <= set(data["settings"])
+
+
+def test_api_is_documented_as_chat(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
+    assert params == ["message", "images", "video", "history", "system", "max_tiles", "num_frames", "temperature",
+                      "top_p", "max_new_tokens", "repetition_penalty", "top_k", "seed", "model"]
+
+
+def _serve(args: list[str], env: dict | None = None):
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def _wait_until_serving(proc, url: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not serving after {timeout} s")
+
+
+def test_python_app_py_serves_within_seconds_and_explains_offline_hub_models(tiny_checkpoint, tmp_path):
+    """`python app.py --model <tiny>,<hub id>` with no network: serves fast, and the hub model's
+    first request says how to use a local checkpoint instead of failing with a traceback."""
+    from gradio_client import Client
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty hub cache
+    proc, url = _serve(["--model", f"{tiny_checkpoint},nvidia/Eagle2-1B"], env)
+    try:
+        seconds = _wait_until_serving(proc, url, 60)
+        print(f"python app.py served after {seconds:.1f} s")
+        assert seconds < 20
+        client = Client(url, verbose=False, analytics_enabled=False)
+        assert client.predict("Hi", **FAST, api_name="/chat")
+        with pytest.raises(AppError) as caught:
+            client.predict("Hi", model="nvidia/Eagle2-1B", api_name="/chat")
+        assert "python -m eagle_demo tiny --out ./tiny-eagle2" in str(caught.value)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "python -m eagle_demo tiny" in out  # said at start-up too
+    assert "Traceback" not in out
+
+
+def test_python_app_py_refuses_a_missing_folder_without_a_traceback(tmp_path):
+    proc, _ = _serve(["--model", str(tmp_path / "no-such-checkpoint")])
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0
+    assert "not a checkpoint folder" in out and "python -m eagle_demo tiny" in out
+    assert "Traceback" not in out
+
+
+def test_readme_client_example_works_as_written(app_server, monkeypatch, capsys):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = readme.split("## Use it from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.count("http://127.0.0.1:7860/") == 1
+    monkeypatch.chdir(ROOT)
+    exec(compile(code.replace("http://127.0.0.1:7860/", app_server.url), "README.md", "exec"), {})
+    printed = capsys.readouterr().out  # gradio_client's "Loaded as API" line, then the answer
+    answer = app_server.recorder.generations[-1].text
+    assert answer and printed.endswith(answer + "\n")

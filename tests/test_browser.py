@@ -1,0 +1,138 @@
+"""The app in a real browser (Debian's Chromium driven by Playwright) on a tiny random checkpoint:
+upload an image, ask, watch the answer stream in, press Stop, export the chat, and recover from a
+broken upload. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ARTIFACTS, ASSETS
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(30_000)
+    page.goto(app_server.url)
+    page.locator("#ask textarea").wait_for()
+    yield page
+    page.close()
+
+
+def set_number(page, label: str, value):
+    box = page.get_by_label(f"number input for {label}")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def sample_with_seed(page, seed: int = 0):
+    """Random weights: sampling shows words (greedy repeats newlines); the seed makes it repeatable."""
+    set_number(page, "Temperature", 1)
+    page.get_by_text("More settings").click()
+    page.get_by_label("Seed").fill(str(seed))
+    page.get_by_label("Seed").press("Enter")
+
+
+def ask(page, text: str, image: Path | None = None):
+    if image is not None:
+        page.locator("#uploads input[type=file]").first.set_input_files(str(image))
+        page.locator("#uploads img").first.wait_for()  # the gallery shows the upload
+    page.locator("#ask textarea").fill(text)
+    page.locator("#ask textarea").press("Enter")
+
+
+def settle(generation, quiet: float = 0.3, timeout: float = 10):
+    """Wait until the decode loop has produced no token for `quiet` seconds."""
+    last, since, end = -1, time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() < end:
+        n = len(generation.token_ids)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since > quiet:
+            return n
+        time.sleep(0.02)
+    raise AssertionError("the decode loop did not stop")
+
+
+def test_upload_ask_stream_stop_and_export(page, app_server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    set_number(page, "Max new tokens", 4096)  # long enough to Stop mid-way
+    sample_with_seed(page)
+    generations = len(app_server.recorder.generations)
+    ask(page, "Describe this picture.", ASSETS / "scene.jpg")
+
+    chat = page.locator("#chat")
+    chat.locator("[data-testid=user] img").first.wait_for()  # the image is shown in the chat
+    answer = chat.locator("[data-testid=bot]").last
+    answer.wait_for()
+    seen = []
+    for _ in range(40):  # the answer grows while we watch
+        seen.append(len(answer.inner_text()))
+        if len(set(seen)) >= 3:
+            break
+        time.sleep(0.05)
+    assert len(set(seen)) >= 3, f"the answer did not stream: {seen}"
+
+    page.locator("#stop").click()
+    generation = app_server.recorder.generations[generations]
+    decoded = settle(generation)
+    assert generation.cancel.is_set() and decoded < 4096
+    time.sleep(0.5)
+    shown = answer.inner_text()
+    time.sleep(0.5)
+    assert answer.inner_text() == shown, "the answer kept changing after Stop"
+    assert shown.strip()
+    chat.locator("[role=log]").evaluate("log => log.scrollTop = 0")  # the question and its image in view
+    page.screenshot(path=str(ARTIFACTS / "browser-stopped.png"))
+    page.screenshot(path=str(ARTIFACTS / "browser-stopped-full.png"), full_page=True)
+
+    with page.expect_download() as download:
+        page.locator("#export").click()
+    data = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert data["messages"][0] == {"role": "user", "text": "Describe this picture.", "images": ["scene.jpg"],
+                                   "video": None}
+    assert data["messages"][1]["role"] == "assistant" and data["messages"][1]["text"].strip()
+    assert data["settings"]["max_new_tokens"] == 4096 and data["settings"]["seed"] == 0
+
+
+def test_broken_upload_shows_a_message_and_the_chat_goes_on(page, app_server, tmp_path):
+    broken = tmp_path / "photo.png"
+    broken.write_text("this is text, not a PNG")
+    ask(page, "What is in this photo?", broken)
+    error = page.locator("#chat").get_by_text("Could not answer")
+    error.wait_for()
+    shown = page.locator("#chat").inner_text()
+    assert "photo.png" in shown and "/tmp" not in shown  # the file's name, not the server's folders
+
+    set_number(page, "Max new tokens", 8)
+    sample_with_seed(page)
+    ask(page, "Hello?")
+    page.wait_for_function(  # a real answer follows the error bubble
+        "() => { const b = document.querySelectorAll('#chat [data-testid=bot]');"
+        " return b.length >= 2 && b[b.length - 1].innerText.trim().length > 0"
+        " && !b[b.length - 1].innerText.includes('Could not answer'); }")
+    assert page.locator("#chat [data-testid=user]").filter(has_text="What is in this photo?").count() == 1
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing sticks out sideways
+    time.sleep(0.3)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(ARTIFACTS / "browser-phone.png"))
