@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ERROR_TITLE = "⚠️ Could not answer"  # metadata title that marks error bubbles (never sent to the model)
 DEFAULTS = GenerationSettings()
+EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_assets.py
+    ("What does this chart show? Which quarter had the best profit margin?", ["chart.png"], None),
+    ("Who is this letter addressed to, and what is the total amount?", ["document.jpg"], None),
+    ("Describe this picture in detail.", ["scene.jpg"], None),
+    ("Please provide the bounding box coordinate of the region this sentence describes: <ref>the house</ref>",
+     ["scene.jpg"], None),
+    ("What are the differences between these two pictures?", ["compare_a.jpg", "compare_b.jpg"], None),
+    ("What happens in this video?", [], "ball.mp4"),
+]
 OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # annotated images and exports; gradio copies them
 
 CSS = """
@@ -349,9 +358,11 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
         data = export_json(history, model, system, settings)
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        path = OUT_DIR / f"eagle2-chat-{time.strftime('%Y%m%d-%H%M%S')}-{hashlib.sha1(json.dumps(data).encode()).hexdigest()[:8]}.json"
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+        text = json.dumps(data, indent=2, ensure_ascii=False)
+        folder = OUT_DIR / hashlib.sha1(text.encode()).hexdigest()[:16]  # one folder per export: a clean name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"eagle2-chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(text, encoding="utf-8")
         return str(path)
 
     with gr.Blocks(title="Eagle2 Demo", analytics_enabled=False, fill_width=True, delete_cache=delete_cache) as demo:
@@ -380,13 +391,16 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                     undo_btn = gr.Button("Undo", size="sm", elem_id="undo", min_width=60)
                     clear_btn = gr.Button("Clear", size="sm", elem_id="clear", min_width=60)
                     export_btn = gr.DownloadButton("Export", size="sm", elem_id="export", value=None, min_width=60)
+                gr.Examples([[text, [str(ASSETS / f) for f in images] or None, video and str(ASSETS / video)]
+                             for text, images, video in EXAMPLES], inputs=[textbox, gallery, video],
+                            label="Examples (all drawn by this project)", elem_id="examples")
             with gr.Column(scale=2, min_width=280):
                 model = gr.Dropdown([(short_name(m), m) for m in models], value=models[0], label="Model",
                                     visible=len(models) > 1)
                 status_md = gr.Markdown(elem_id="status")
                 with gr.Accordion("Settings", open=True):
                     max_tiles = gr.Slider(1, 24, DEFAULTS.max_tiles, step=1, label="Max tiles per image",
-                                          info="448 px tiles; more tiles read finer detail, but slower")
+                                          info="more tiles read finer detail, but take longer")
                     num_frames = gr.Slider(1, limits.max_video_frames, DEFAULTS.num_frames, step=1,
                                            label="Video frames", info="sampled evenly over the whole video")
                     temperature = gr.Slider(0, 1.5, DEFAULTS.temperature, step=0.05, label="Temperature",
@@ -402,18 +416,6 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, max_lines=8,
                                         max_length=limits.max_prompt_chars)
                 gr.Markdown(limits_markdown(limits), elem_id="limits")
-        gr.Examples(
-            examples=[
-                ["What does this chart show? Which quarter had the best profit margin?", [str(ASSETS / "chart.png")], None],
-                ["Who is this letter addressed to, and what is the total amount?", [str(ASSETS / "document.jpg")], None],
-                ["Describe this picture in detail.", [str(ASSETS / "scene.jpg")], None],
-                ["Please provide the bounding box coordinate of the region this sentence describes: <ref>the house</ref>",
-                 [str(ASSETS / "scene.jpg")], None],
-                ["What are the differences between these two pictures?",
-                 [str(ASSETS / "compare_a.jpg"), str(ASSETS / "compare_b.jpg")], None],
-                ["What happens in this video?", None, str(ASSETS / "ball.mp4")],
-            ],
-            inputs=[textbox, gallery, video], label="Examples (all drawn by this project)", elem_id="examples")
 
         # API-only inputs for the `chat` endpoint (the settings sliders double as its parameters)
         with gr.Column(visible=False):
