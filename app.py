@@ -115,8 +115,7 @@ def build(args: argparse.Namespace):
                         concurrency=args.concurrency, delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
     demo.queue(default_concurrency_limit=args.concurrency)
     launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=ui.theme(), css=ui.CSS,
-                  max_file_size=f"{args.max_upload_mb}mb", allowed_paths=[str(ui.ASSETS)],
-                  footer_links=["api", "gradio"])
+                  max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"])
     return demo, engines, launch
 
 

@@ -106,13 +106,13 @@ def test_cancel_stops_the_decode_loop_within_a_couple_of_tokens(client, app_serv
     print(f"cancel: {before} tokens when called, {at_return} when it returned after {seconds * 1000:.0f} ms "
           f"(HTTP round trip included), {final} in the end, of {limit}")
     assert final - at_return <= 1, "the decode loop went on after the cancel was handled"
-    assert seconds < 1 and final < limit / 4
+    assert seconds < 3 and final < limit / 4
     assert generation.cancel.is_set()
 
     # the engine is free again at once: a new request is answered promptly
     start = time.monotonic()
     answer = client.predict("Hello", **{**FAST, "max_new_tokens": 5}, api_name="/chat")
-    assert answer and time.monotonic() - start < 5
+    assert answer and time.monotonic() - start < 10  # the cancelled answer alone had ~30 s of tokens left
     assert app_server.recorder.generations[-1] is not generation
 
 
