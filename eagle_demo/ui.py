@@ -238,8 +238,13 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
     """The Blocks app. `get_engine(name)` gives the (lazily loading) Engine for a model name;
     `gpu` wraps the functions that run the model (`spaces.GPU` on ZeroGPU)."""
 
+    def engine_for(model: str):
+        if model not in models:  # never load whatever a client names
+            raise gr.Error(f"Unknown model {model!r}; this app serves {', '.join(models)}.", print_exception=False)
+        return get_engine(model)
+
     def status(model: str) -> str:
-        text = get_engine(model).status.replace(model, short_name(model))
+        text = engine_for(model).status.replace(model, short_name(model))
         if text == "not loaded":
             text += " (it loads with the first message)"
         return f"**Model** {short_name(model)} · {text}"
@@ -258,7 +263,7 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         if not history or history[-1]["role"] != "user" or _is_error(history[-1]):
             return  # nothing asked (an empty message, or Retry with nothing to retry)
         cancel = cancel or threading.Event()
-        engine = get_engine(model)
+        engine = engine_for(model)
         turns = conversation(history)
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
@@ -306,7 +311,7 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
         name = model or models[0]
-        engine = get_engine(name)
+        engine = engine_for(name)
         try:
             engine.load()
         except Exception as e:

@@ -135,6 +135,12 @@ def test_corrupt_upload_gives_a_clear_message_and_the_next_request_works(client,
     assert answer.strip()
 
 
+def test_only_the_served_models_can_be_asked_for(client):
+    with pytest.raises(AppError) as caught:  # refused by the model menu, or by the app itself
+        client.predict("Hi", model="nvidia/Eagle2-9B", api_name="/chat")
+    assert "Eagle2-9B" in str(caught.value) or "choices" in str(caught.value)
+
+
 def test_export_holds_the_conversation_and_settings(client):
     image = handle_file(str(ASSETS / "chart.png"))
     answer = client.predict("What does the chart show?", [image], **FAST, api_name="/chat")
