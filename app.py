@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cpu, cuda or cuda:N; default: cuda when available [EAGLE_DEVICE]")
     p.add_argument("--dtype", default=env("EAGLE_DTYPE"), choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on CUDA, float32 on CPU [EAGLE_DTYPE]")
+    p.add_argument("--attn", default=env("EAGLE_ATTN", "sdpa"), choices=["sdpa", "flash_attention_2"],
+                   help="vision attention kernel; flash_attention_2 needs the flash-attn package [EAGLE_ATTN]")
     p.add_argument("--share", action="store_true", default=_env_flag("EAGLE_SHARE"),
                    help="also serve through a public *.gradio.live link [EAGLE_SHARE]")
     p.add_argument("--host", default=env("EAGLE_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1",
@@ -57,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Engines:
-    """One Engine per model name, made on first use (the engine module, and torch, load then)."""
+    """One Engine per model name, made on first use (the engine module, and torch, load then).
+
+    Only one model stays loaded: asking for another unloads the rest (one GPU holds one model)."""
 
     def __init__(self, **options):
         self.options = options
@@ -70,6 +74,9 @@ class Engines:
                 from eagle_demo.engine import Engine
 
                 self._engines[name] = Engine(name, **self.options)
+            for other, engine in self._engines.items():
+                if other != name and engine.model is not None:
+                    engine.unload()
             return self._engines[name]
 
 
@@ -105,7 +112,7 @@ def build(args: argparse.Namespace):
         sys.exit(problem)
     limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
     engines = Engines(device="cuda" if ZERO_GPU else args.device, dtype=args.dtype,
-                      load_8bit=args.load_8bit, limits=limits)
+                      load_8bit=args.load_8bit, limits=limits, attn=args.attn)
     if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call
         for name in models:
             engines(name).load()

@@ -74,8 +74,10 @@ class Engine:
     """Loads one Eagle2 checkpoint on first use and answers chat requests, one at a time."""
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
-                 load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool = True):
+                 load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool = True,
+                 attn: str = "sdpa"):
         self.model_name = model
+        self.attn = attn
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.load_8bit = load_8bit
@@ -109,7 +111,8 @@ class Engine:
                 path = resolve_checkpoint(self.model_name)
                 self.status = f"loading {self.model_name} on {self.device}…"
                 report(0.3, self.status)
-                model = load_eagle2(path, device=self.device, dtype=self.dtype, load_in_8bit=self.load_8bit)
+                model = load_eagle2(path, device=self.device, dtype=self.dtype, load_in_8bit=self.load_8bit,
+                                    attn=self.attn)
                 tokenizer = preprocessing.load_tokenizer(path)
                 self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
                 self._check_image_token(model)
@@ -132,6 +135,17 @@ class Engine:
         if expected is not None and expected != self.tokens.img_context:
             raise ValueError(f"config.json says the image token is {expected}, "
                              f"but the tokenizer has <IMG_CONTEXT> = {self.tokens.img_context}")
+
+    def unload(self) -> None:
+        """Free the model (e.g. before another one loads); the next request loads it again."""
+        with self._load_lock, self._run_lock:
+            self.model = self.tokenizer = self.decoder = None
+            self._pixels.clear()
+            self._features.clear()
+            self._cached_sig = []
+            self.status = "not loaded"
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
 
     def _after_oom(self) -> None:
         """Free what a failed request held, so that the next one starts clean."""
@@ -273,6 +287,9 @@ class Generation:
                     if delta:
                         self.text += delta
                         yield delta
+            except GeneratorExit:  # the consumer stopped listening
+                self.finish_reason = "cancelled"
+                raise
             except torch.OutOfMemoryError:
                 self.engine._after_oom()
                 raise GenerationError("The GPU ran out of memory for this request. Try fewer image tiles or "

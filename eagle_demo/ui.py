@@ -139,9 +139,9 @@ _DONE = object()
 def decode_on_own_thread(generation, cancel: threading.Event) -> Iterator[str]:
     """Yield `generation`'s text deltas, iterating it on one thread of its own.
 
-    gradio resumes a streaming handler on whichever worker thread is free, while torch keeps its
-    inference mode per thread, so the decode loop must not hop threads. Closing this generator
-    (Stop, a client's cancel) sets `cancel`; the loop then ends after its current token.
+    The decode loop then never waits on gradio: Stop sets `cancel` and the loop ends after its
+    current token (freeing the engine) even while gradio holds this handler suspended; closing
+    this generator (a client's cancel) sets `cancel` too.
     """
     deltas: queue.Queue = queue.Queue()
 

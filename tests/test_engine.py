@@ -168,3 +168,21 @@ def test_grounding_markup_of_an_answer_goes_back_as_special_tokens(checkpoints):
     specials = tok.convert_tokens_to_ids(["<ref>", "</ref>", "<box>", "</box>"])
     assert [ids.count(i) for i in specials] == [1, 1, 1, 1]  # the answer's markup only, not the user's
     assert tok.decode(ids).count(markup) == 2
+
+
+def test_closing_a_generation_cancels_it_and_frees_the_engine(engine):
+    gen = engine.chat([Message("user", "Tell me a long story.")], "", GenerationSettings(
+        temperature=0.0, max_new_tokens=200))
+    stream = iter(gen)
+    next(stream)
+    stream.close()
+    assert gen.finish_reason == "cancelled"
+    assert len(run(engine, [Message("user", "Hi")]).token_ids) > 0  # the lock was released
+
+
+def test_unload_frees_the_model_and_the_next_request_loads_it_again(checkpoints):
+    engine = Engine(str(checkpoints["eagle_chat"]), device="cpu")
+    first = run(engine, [Message("user", "Hi")]).token_ids
+    engine.unload()
+    assert engine.model is None and engine.status == "not loaded"
+    assert run(engine, [Message("user", "Hi")]).token_ids == first
