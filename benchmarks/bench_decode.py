@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import QUESTION, checkpoint, default_device, emit, twelve_tile_image  # noqa: E402
+from benchmarks.common import (QUESTION, checkpoint, default_device, emit, transformers_twin,  # noqa: E402
+                               twelve_tile_image)
 from eagle_demo.config import GenerationSettings  # noqa: E402
 from eagle_demo.engine import Engine, Message  # noqa: E402
 
@@ -47,24 +48,9 @@ def engine_run(engine: Engine, image: str, new_tokens: int) -> dict:
 @torch.inference_mode()
 def generate_baseline(engine: Engine, gen, new_tokens: int) -> tuple[float, list[int]]:
     """transformers' Qwen2ForCausalLM.generate on the same weights and prompt embeddings."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig
 
-    lm = engine.model.language_model
-    c = lm.config
-    hf_config = Qwen2Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                            num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                            num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps,
-                            rope_theta=c.rope_theta, max_position_embeddings=c.max_position_embeddings,
-                            tie_word_embeddings=False)
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(lm.lm_head.weight.dtype)
-    try:
-        with torch.device(engine.device):
-            hf = Qwen2ForCausalLM(hf_config).eval()
-    finally:
-        torch.set_default_dtype(dtype)
-    missing, _ = hf.load_state_dict(lm.state_dict(), strict=False)
-    assert not missing, missing
+    hf = transformers_twin(engine.model.language_model)
     embeds = engine._embed_prompt(gen.prompt)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
 

@@ -37,6 +37,29 @@ def twelve_tile_image(folder: Path) -> str:
     return str(path)
 
 
+def transformers_twin(lm) -> "Qwen2ForCausalLM":
+    """transformers' own Qwen2ForCausalLM holding the same weights as our Qwen2LM `lm`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    c = lm.config
+    config = Qwen2Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                         num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps,
+                         rope_theta=c.rope_theta, max_position_embeddings=c.max_position_embeddings,
+                         tie_word_embeddings=False)
+    weight = lm.lm_head.weight
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(weight.dtype)
+    try:
+        with torch.device(weight.device):
+            twin = Qwen2ForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
+    missing, _ = twin.load_state_dict(lm.state_dict(), strict=False)
+    assert not missing, missing
+    return twin
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.common import transformers_twin
 from eagle_demo.config import GenerationSettings, Limits
 from eagle_demo.decoding import TextStream, sample_next
 from eagle_demo.engine import Engine, Message, PromptError
@@ -186,3 +187,17 @@ def test_unload_frees_the_model_and_the_next_request_loads_it_again(checkpoints)
     engine.unload()
     assert engine.model is None and engine.status == "not loaded"
     assert run(engine, [Message("user", "Hi")]).token_ids == first
+
+
+def test_greedy_answer_equals_transformers_generate(engine, images):
+    """The engine's own decode loop against transformers' generate on the same weights and prompt."""
+    from transformers import GenerationConfig
+
+    gen = run(engine, [Message("user", "What is in this image?", images=images[:1])])
+    twin = transformers_twin(engine.model.language_model)
+    with torch.inference_mode():
+        embeds = engine._embed_prompt(gen.prompt)
+        out = twin.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                            generation_config=GenerationConfig(max_new_tokens=GREEDY.max_new_tokens, do_sample=False,
+                                                               eos_token_id=sorted(engine.stop_ids), pad_token_id=0))
+    assert gen.token_ids == out[0].tolist()[:len(gen.token_ids)] and len(gen.token_ids) == GREEDY.max_new_tokens
