@@ -66,25 +66,26 @@ class Decoder:
             self.graphs[span] = (graph, logits)
 
 
-def sample_next(logits: torch.Tensor, seen: torch.Tensor, s: GenerationSettings,
+def sample_next(logits: torch.Tensor, generated: torch.Tensor, s: GenerationSettings,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick the next token id (a 0-d tensor on the logits' device) from float32 logits [V].
 
-    Order as in transformers: repetition penalty over `seen` ids, then temperature, top-k, top-p.
+    As transformers' generate does when given only embeddings (which is how upstream calls it):
+    the repetition penalty covers the ids `generated` so far, then temperature, top-k and top-p.
     """
-    if s.repetition_penalty != 1.0:
-        penalised = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
+    if s.repetition_penalty != 1.0 and generated.numel():
+        picked = logits[generated]
+        penalised = torch.where(picked > 0, picked / s.repetition_penalty, picked * s.repetition_penalty)
+        logits = logits.index_put((generated,), penalised)
     if s.temperature <= 0:
         return logits.argmax()
-    logits = logits / s.temperature
     k = s.top_k if 0 < s.top_k < logits.shape[-1] else logits.shape[-1]
-    values, ids = torch.topk(logits, k)  # sorted, highest first
+    values, ids = torch.topk(logits, k)  # sorted, highest first; dividing by T after keeps the order
+    probs = (values / s.temperature).softmax(-1)
     if s.top_p < 1.0:
-        probs = values.softmax(-1)
         outside = (probs.cumsum(-1) - probs) > s.top_p  # keeps the smallest prefix reaching top_p
-        values = values.masked_fill(outside, float("-inf"))
-    choice = torch.multinomial(values.softmax(-1), 1, generator=generator)
+        probs = probs.masked_fill(outside, 0.0)
+    choice = torch.multinomial(probs, 1, generator=generator)
     return ids[choice[0]]
 
 

@@ -308,8 +308,7 @@ class Generation:
         self.timings.update(vision_s=self._t_prefill - self._t_start, reused_tokens=reuse,
                             prefill_tokens=len(self.prompt_token_ids) - reuse)
         device = self._logits.device
-        self._seen = torch.zeros(self._logits.shape[-1], dtype=torch.bool, device=device)
-        self._seen[torch.tensor(self.prompt_token_ids, device=device)] = True
+        self._generated = torch.empty(self.max_new_tokens, dtype=torch.long, device=device)
         self._random = None if self.settings.seed is None else torch.Generator(device).manual_seed(self.settings.seed)
         self._stream = TextStream(engine.tokenizer)
         self._pos = len(self.prompt_token_ids)
@@ -324,7 +323,7 @@ class Generation:
             return None
         if self.cancel.is_set():
             return self._finish("cancelled")
-        token = sample_next(self._logits, self._seen, self.settings, self._random)
+        token = sample_next(self._logits, self._generated[:len(self.token_ids)], self.settings, self._random)
         token_id = int(token)
         if self._t_first is None:
             self._t_first = time.perf_counter()
@@ -332,8 +331,8 @@ class Generation:
             self.timings["ttft_s"] = self.timings["media_s"] + self._t_first - self._t_start
         if token_id in engine.stop_ids:
             return self._finish("stop")
+        self._generated[len(self.token_ids)] = token
         self.token_ids.append(token_id)
-        self._seen[token] = True
         delta = self._stream.push(token_id)
         if len(self.token_ids) >= self.max_new_tokens or self._pos >= engine.context:
             return delta + self._finish("length")

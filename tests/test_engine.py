@@ -135,15 +135,18 @@ def test_text_stream_keeps_grounding_markup_and_whole_characters(checkpoints):
 
 def test_sampling_rules():
     logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
-    seen = torch.tensor([False, True, False, False])
+    generated = torch.tensor([1, 1])
     greedy = GenerationSettings(temperature=0.0, repetition_penalty=1.0)
-    assert int(sample_next(logits, seen, greedy)) == 1
+    assert int(sample_next(logits, generated, greedy)) == 1
     penalised = GenerationSettings(temperature=0.0, repetition_penalty=2.0)
-    assert int(sample_next(logits, seen, penalised)) == 2  # 3.0 / 2 falls below 2.0
+    assert int(sample_next(logits, generated, penalised)) == 2  # 3.0 / 2 falls below 2.0
+    assert int(sample_next(torch.tensor([-1.0, -1.5]), torch.tensor([0]), penalised)) == 1  # -1.0 * 2 < -1.5
     top1 = GenerationSettings(temperature=5.0, top_k=1, repetition_penalty=1.0)
     nucleus = GenerationSettings(temperature=1.0, top_k=0, top_p=0.01, repetition_penalty=1.0)
     for s in (top1, nucleus):
-        assert {int(sample_next(logits, seen, s)) for _ in range(20)} == {1}
+        assert {int(sample_next(logits, generated, s)) for _ in range(20)} == {1}
+    top2 = GenerationSettings(temperature=100.0, top_k=2, top_p=1.0, repetition_penalty=1.0)
+    assert {int(sample_next(logits, generated, top2)) for _ in range(60)} == {1, 2}
 
 
 def test_generation_resumes_on_other_threads(engine):
@@ -189,15 +192,19 @@ def test_unload_frees_the_model_and_the_next_request_loads_it_again(checkpoints)
     assert run(engine, [Message("user", "Hi")]).token_ids == first
 
 
-def test_greedy_answer_equals_transformers_generate(engine, images):
-    """The engine's own decode loop against transformers' generate on the same weights and prompt."""
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_answer_equals_transformers_generate(engine, images, penalty):
+    """The engine's own decode loop against transformers' generate on the same weights and prompt,
+    repetition penalty included (it covers the generated ids, as generate does from embeddings)."""
     from transformers import GenerationConfig
 
-    gen = run(engine, [Message("user", "What is in this image?", images=images[:1])])
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=24, max_tiles=4, repetition_penalty=penalty)
+    gen = run(engine, [Message("user", "What is in this image?", images=images[:1])], settings)
     twin = transformers_twin(engine.model.language_model)
     with torch.inference_mode():
         embeds = engine._embed_prompt(gen.prompt)
         out = twin.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
-                            generation_config=GenerationConfig(max_new_tokens=GREEDY.max_new_tokens, do_sample=False,
-                                                               eos_token_id=sorted(engine.stop_ids), pad_token_id=0))
-    assert gen.token_ids == out[0].tolist()[:len(gen.token_ids)] and len(gen.token_ids) == GREEDY.max_new_tokens
+                            generation_config=GenerationConfig(
+                                max_new_tokens=24, do_sample=False, repetition_penalty=penalty,
+                                eos_token_id=sorted(engine.stop_ids), pad_token_id=0))
+    assert len(gen.token_ids) == 24 and gen.token_ids == out[0].tolist()
