@@ -112,7 +112,8 @@ def build(args: argparse.Namespace):
         sys.exit(problem)
     limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
     engines = Engines(device="cuda" if ZERO_GPU else args.device, dtype=args.dtype,
-                      load_8bit=args.load_8bit, limits=limits, attn=args.attn)
+                      load_8bit=args.load_8bit, limits=limits, attn=args.attn,
+                      use_cuda_graphs=not ZERO_GPU)  # ZeroGPU lends a GPU per call: nothing to capture at start-up
     if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call
         for name in models:
             engines(name).load()

@@ -71,7 +71,13 @@ class Attention(nn.Module):
         if mask is None:  # a fresh prompt starting at position 0: plain causal attention
             out = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True, enable_gqa=True)
         else:
-            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
+            # Fold the query heads sharing a key/value head into the query length: masked attention
+            # with grouped heads would otherwise fall back to the math kernel, which copies the
+            # whole cache once per group on every decode step.
+            groups = self.n_heads // self.n_kv
+            q = q.reshape(b, self.n_kv, groups * length, self.head_dim)
+            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask.repeat(groups, 1))
+            out = out.view(b, self.n_heads, length, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 
