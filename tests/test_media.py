@@ -261,3 +261,16 @@ def test_video_limits(tmp_path):
         sample_video(path, 4, replace(LIMITS, max_video_seconds=1.0))
     with pytest.raises(ValueError):
         sample_video(path, 0)
+
+
+def test_decord_reads_the_same_frames_as_pyav(tmp_path):
+    """decord is optional (used when installed): its frames and times must equal PyAV's."""
+    pytest.importorskip("decord")
+    path = make_video(tmp_path / "clip.mp4", frames=40, fps=10)
+    indices = media.sample_indices(40, 5)
+    fast, plain = media._decode_with_decord(path, indices, 40), media._decode_straight(path, indices, 10)
+    assert [frame_index(img) for img, _ in fast] == [frame_index(img) for img, _ in plain] == [4, 12, 19, 27, 35]
+    assert [round(t, 3) for _, t in fast] == [round(t, 3) for _, t in plain]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (a, _), (b, _) in zip(fast, plain))
+    rotated = make_video(tmp_path / "rotated.mp4", frames=10, rotation=90)
+    assert media._decode_with_decord(rotated, [1, 5], 10) in (None, media._decode_straight(rotated, [1, 5], 10))
