@@ -276,7 +276,7 @@ def _decode_straight(path: Path, indices: list[int], rate) -> list[tuple[Image.I
 
 def _decode_with_decord(path: Path, indices: list[int], total: int) -> list[tuple[Image.Image, float]] | None:
     """The frames through decord's random access, when decord is installed: it reads the sampled
-    frames 2-5x faster than PyAV (benchmarks/bench_video.py). It is not a requirement because its
+    frames 1.25-4.8x faster than PyAV (benchmarks/bench_video.py). It is not a requirement because its
     wheels bundle an FFmpeg from 2021, so it only ever sees files PyAV has already checked.
     None (use PyAV) when it is missing, disagrees on the frame count, or fails to decode."""
     try:
