@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import av
@@ -219,8 +218,13 @@ def _header_duration(container, stream) -> float:
 
 def _check_duration(seconds: float, path: Path, limits: Limits) -> None:
     if seconds > limits.max_video_seconds:
-        length, limit = (timedelta(seconds=round(s)) for s in (seconds, limits.max_video_seconds))
-        raise MediaError(f"{path.name} lasts {length} (h:mm:ss); the limit is {limit}.")
+        raise MediaError(f"{path.name} lasts {_hms(seconds)} (h:mm:ss); the limit is {_hms(limits.max_video_seconds)}.")
+
+
+def _hms(seconds: float) -> str:
+    """h:mm:ss with as many hours as it takes (timedelta would write "2 days, 3:04:05")."""
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def _count_packets(container, stream, limit: int) -> int:

@@ -1,5 +1,6 @@
 import hashlib
 from dataclasses import replace
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -261,6 +262,12 @@ def test_video_limits(tmp_path):
         sample_video(path, 4, replace(LIMITS, max_video_seconds=1.0))
     with pytest.raises(ValueError):
         sample_video(path, 0)
+
+
+def test_a_video_over_a_day_long_is_refused_in_hours(tmp_path):
+    path = make_video(tmp_path / "slow.mp4", frames=20, fps=Fraction(1, 5000))  # a frame every 83 minutes
+    with pytest.raises(MediaError, match=r"^slow.mp4 lasts 27:46:40 \(h:mm:ss\); the limit is 4:00:00\.$"):
+        sample_video(path, 4)
 
 
 def test_decord_reads_the_same_frames_as_pyav(tmp_path):
