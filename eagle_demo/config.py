@@ -16,7 +16,11 @@ class Limits:
     max_video_frames: int = 64
     max_video_pixels: int = 8_500_000  # per frame: 4K (3840x2160) fits, 8K does not
     max_video_seconds: float = 4 * 3600.0
-    max_prompt_chars: int = 8_000
+    max_prompt_chars: int = 8_000  # one message, and the system prompt
+    # A whole conversation (API clients send any history): beyond these it could never fit the
+    # context, and tokenising it would only keep the model from other users.
+    max_chat_chars: int = 131_072  # 8 characters a token
+    max_chat_messages: int = 1_000
     context_tokens: int = 16_384  # the upstream tokenizer's model_max_length
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -22,6 +22,10 @@ from .config import LIMITS, GenerationSettings, Limits
 from .decoding import Decoder, TextStream, sample_next
 
 log = logging.getLogger(__name__)
+
+# What the caches of tiled images (host memory) and of image features (the model's device) may hold.
+PIXEL_CACHE_BYTES = 512 << 20  # ~20 images of 13 tiles
+FEATURE_CACHE_BYTES = 512 << 20
 
 
 class PromptError(ValueError):
@@ -41,10 +45,15 @@ class Message:
 
 
 class _LRU:
-    """A small thread-safe least-recently-used map: requests prepare media while another decodes."""
+    """A small thread-safe least-recently-used map: requests prepare media while another decodes.
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
+    capacity is counted in `weigh(value)` units: entries by default, bytes for the tensor caches
+    (a count alone would let a few big videos fill the memory). The newest entry always stays.
+    """
+
+    def __init__(self, capacity: int, weigh: Callable[[Any], int] = lambda value: 1):
+        self.capacity, self.weigh = capacity, weigh
+        self.used = 0
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -60,14 +69,23 @@ class _LRU:
 
     def put(self, key, value) -> None:
         with self._lock:
+            if key in self._items:
+                self.used -= self.weigh(self._items.pop(key))
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self.used += self.weigh(value)
+            while self.used > self.capacity and len(self._items) > 1:
+                self.used -= self.weigh(self._items.popitem(last=False)[1])
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self.used = 0
+
+
+def _pixel_bytes(value) -> int:
+    """Bytes of a pixel-cache entry: an image's Visual, or a video's (frame Visuals, timestamps)."""
+    visuals = value[0] if isinstance(value, tuple) else [value]
+    return sum(v.pixel_values.nbytes for v in visuals)
 
 
 class Engine:
@@ -89,8 +107,9 @@ class Engine:
         self.vision_calls = 0  # visuals sent through the vision tower since load
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one decode at a time: the model and KV cache are shared
-        self._pixels = _LRU(64)  # visual key -> Visual (tiles)
-        self._features = _LRU(64)  # visual key -> image features [tiles * tokens_per_tile, H]
+        self._pixels = _LRU(PIXEL_CACHE_BYTES, _pixel_bytes)  # visual key -> Visual (tiles)
+        # visual key -> image features [tiles * tokens_per_tile, H], on the model's device
+        self._features = _LRU(FEATURE_CACHE_BYTES, lambda features: features.nbytes)
         self._cached_sig: list = []  # what the KV cache holds, position by position
         self._digests = _LRU(1024)  # (path, size, mtime) -> content digest
 
@@ -170,7 +189,7 @@ class Engine:
         until the Generation is iterated.
         """
         settings = settings or GenerationSettings()
-        turns_in = _group_turns(messages, self.limits)
+        turns_in = _group_turns(messages, system, self.limits)
         self.load()
         t0 = time.perf_counter()
         cfg = self.model.config
@@ -281,6 +300,8 @@ class Generation:
         # Each step runs in its own inference_mode block: a generator may be resumed on another
         # thread (Gradio's workers), where a mode entered before a `yield` would not hold.
         with self.engine._run_lock:
+            # perf_counter() stamps of the run lock taken and released: runs never overlap
+            self.timings["run_start"] = time.perf_counter()
             try:
                 self._begin()
                 while (delta := self._advance()) is not None:
@@ -294,6 +315,8 @@ class Generation:
                 self.engine._after_oom()
                 raise GenerationError("The GPU ran out of memory for this request. Try fewer image tiles or "
                                       "video frames, or a shorter conversation.") from None
+            finally:
+                self.timings["run_end"] = time.perf_counter()
         if self._t_first is not None and len(self.token_ids) > 1:
             self.timings["decode_tokens_per_s"] = (len(self.token_ids) - 1) / (time.perf_counter() - self._t_first)
 
@@ -346,8 +369,15 @@ class Generation:
         return self._stream.flush()
 
 
-def _group_turns(messages: list[Message], limits: Limits) -> list[tuple[Message, str | None]]:
+def _group_turns(messages: list[Message], system: str, limits: Limits) -> list[tuple[Message, str | None]]:
     """Pair user messages with the answers that follow them; merge consecutive user messages."""
+    if len(system) > limits.max_prompt_chars:
+        raise PromptError(f"The system prompt is {len(system):,} characters long; "
+                          f"the limit is {limits.max_prompt_chars:,}.")
+    chars = len(system) + sum(len(m.text) for m in messages)
+    if chars > limits.max_chat_chars or len(messages) > limits.max_chat_messages:
+        raise PromptError(f"This conversation is too long ({len(messages):,} messages, {chars:,} characters; the "
+                          f"limits are {limits.max_chat_messages:,} and {limits.max_chat_chars:,}). Clear the chat.")
     turns: list[tuple[Message, str | None]] = []
     for m in messages:
         if m.role == "user":

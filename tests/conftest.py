@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,15 +36,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 class Recorder:
-    """Keeps every Generation the engine hands out, so tests can see what the decode loop did."""
+    """Keeps every Generation the engine hands out, so tests can see what the decode loop did, and
+    when each request reached the engine (perf_counter, like the Generation's timings)."""
 
     def __init__(self, engine):
         self.generations: list = []
+        self.asked_at: list[float] = []  # one per generation
+        self._lock = threading.Lock()
         chat = engine.chat
 
         def recording_chat(*args, **kwargs):
+            asked_at = time.perf_counter()
             generation = chat(*args, **kwargs)
-            self.generations.append(generation)
+            with self._lock:
+                self.generations.append(generation)
+                self.asked_at.append(asked_at)
             return generation
 
         engine.chat = recording_chat  # the real engine, observed
@@ -82,3 +89,28 @@ def stream(job, timeout: float = 60.0) -> list:
     job.add_done_callback(lambda _: done.set())
     assert done.wait(timeout), "the job did not finish in time"
     return job.outputs()
+
+
+def rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def settled_thread_count(timeout: float = 15.0) -> int:
+    """This process's thread count once it has not changed for a second."""
+    end = time.monotonic() + timeout
+    count, since = threading.active_count(), time.monotonic()
+    while time.monotonic() - since < 1.0 and time.monotonic() < end:
+        time.sleep(0.1)
+        if threading.active_count() != count:
+            count, since = threading.active_count(), time.monotonic()
+    return count
+
+
+def threads_at_most(count: int, timeout: float = 15.0) -> int:
+    """The thread count once it is at most `count` (threads that finish need a moment), or after timeout."""
+    end = time.monotonic() + timeout
+    while threading.active_count() > count and time.monotonic() < end:
+        time.sleep(0.1)
+    return threading.active_count()

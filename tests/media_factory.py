@@ -5,11 +5,15 @@ Shared by the media, preprocessing and app tests (and the preprocessing benchmar
 
 from __future__ import annotations
 
+import io
+import struct
+import zipfile
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import ExifTags, Image, ImageDraw, ImageFilter
 
 
 def make_image(
@@ -91,7 +95,7 @@ def make_video(
     path: str | Path,
     frames: int = 20,
     size: tuple[int, int] = (64, 48),
-    fps: int = 10,
+    fps: int | Fraction = 10,
     rotation: int = 0,
     keyframe_interval: int = 250,
     faststart: bool = False,
@@ -134,3 +138,70 @@ def make_truncated_copy(src: str | Path, dst: str | Path, keep: float = 0.5) -> 
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * keep)])
     return Path(dst)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files: what a public demo gets sent
+
+
+def make_bomb_png(path: str | Path, size: tuple[int, int] = (12000, 9000)) -> Path:
+    """A 1-bit PNG of size (108 MP by default) that compresses to a few kilobytes."""
+    Image.new("1", size).save(path, optimize=True)
+    return Path(path)
+
+
+def make_polyglot(path: str | Path) -> Path:
+    """A valid PNG with a ZIP archive and an HTML page with a script appended."""
+    path = make_image(path, (64, 48))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("payload.html", "<script>alert(document.cookie)</script>")
+    with open(path, "ab") as f:
+        f.write(archive.getvalue() + b"<html><script>alert(document.cookie)</script></html>")
+    return path
+
+
+def make_gif_js_polyglot(path: str | Path) -> Path:
+    """A file that starts like a GIF and is also a script (`GIF89a/*…*/=1;` is an assignment)."""
+    Path(path).write_bytes(b"GIF89a/*\x01\x00\x01\x00\x00\xff\x00,*/=1;alert(document.cookie);//\x00;")
+    return Path(path)
+
+
+def make_exif_rotated_photo(path: str | Path, size: tuple[int, int] = (64, 48)) -> Path:
+    """A JPEG stored landscape whose EXIF orientation (6) says to show it rotated to portrait."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    return make_image(path, size, exif=exif, quality=95)
+
+
+def make_long_gif(path: str | Path, frames: int = 1000, size: tuple[int, int] = (64, 64)) -> Path:
+    colors = [(i * 37 % 256, i * 91 % 256, i * 53 % 256) for i in range(frames)]
+    return make_animated_gif(path, colors, size)
+
+
+def _rewrite_boxes(data: bytes, fix, containers=(b"moov", b"trak", b"mdia", b"minf", b"stbl")) -> bytes:
+    """An MP4's boxes with each leaf box's body passed through fix(kind, body); sizes recomputed."""
+    out, i = [], 0
+    while i < len(data):
+        size, kind = struct.unpack(">I4s", data[i : i + 8])
+        body = data[i + 8 : i + size]
+        body = _rewrite_boxes(body, fix) if kind in containers else fix(kind, body)
+        out.append(struct.pack(">I4s", 8 + len(body), kind) + body)
+        i += size
+    return b"".join(out)
+
+
+def make_mp4_with_duration(path: str | Path, src: str | Path, duration: int) -> Path:
+    """A copy of the MP4 src whose movie and media headers (mvhd, mdhd) claim `duration` ticks;
+    both are rewritten as version 1 boxes, the kind with 64-bit durations. src must hold its index
+    after the frames (make_video's default), so that no frame moves."""
+
+    def fix(kind: bytes, body: bytes) -> bytes:
+        if kind not in (b"mvhd", b"mdhd"):
+            return body
+        # version 0: version and flags, created, modified, timescale, duration: 32 bits each
+        created, modified, scale, _ = struct.unpack(">IIII", body[4:20])
+        return b"\x01" + body[1:4] + struct.pack(">QQIQ", created, modified, scale, duration) + body[20:]
+
+    Path(path).write_bytes(_rewrite_boxes(Path(src).read_bytes(), fix))
+    return Path(path)
