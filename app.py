@@ -122,8 +122,11 @@ def build(args: argparse.Namespace):
     demo = ui.build_app(engines, models, limits=limits, gpu=gpu,
                         concurrency=args.concurrency, delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
     demo.queue(default_concurrency_limit=args.concurrency)
+    # No server-side rendering, no run history: through the SSR server, gradio 6.27-6.31's run-history
+    # endpoints let a forged Host header use the host's Hugging Face token (CVE-2026-134825).
     launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=ui.theme(), css=ui.CSS,
-                  max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"])
+                  max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"], ssr_mode=False,
+                  run_history=False)
     return demo, engines, launch
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
-from PIL import Image
 
-from . import grounding
+from . import grounding, media
 from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, GenerationSettings, Limits
 
 log = logging.getLogger(__name__)
@@ -181,10 +180,9 @@ def annotate(answer: str, turns: list[dict]) -> str | None:
     images = [p for t in turns for p in t["images"]]
     if not boxes or not images:
         return None
-    try:
-        with Image.open(images[-1]) as img:
-            drawn = grounding.draw_boxes(img, boxes)
-    except (OSError, ValueError, Image.DecompressionBombError):
+    try:  # upright and within the limits, as the model saw it
+        drawn = grounding.draw_boxes(media.open_image(images[-1]), boxes)
+    except media.MediaError:
         return None
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha1(f"{images[-1]}|{boxes}".encode()).hexdigest()[:16]
@@ -227,9 +225,10 @@ def load_hint(model: str) -> str:
 def limits_markdown(limits: Limits) -> str:
     return (f"**Limits** · up to {limits.max_images_per_conversation} images and videos per chat · "
             f"files up to {limits.max_upload_mb} MB · images up to {limits.max_image_pixels / 1e6:.0f} MP "
-            f"({limits.max_image_side:,} px a side) · videos up to {limits.max_video_frames} sampled frames · "
-            f"messages up to {limits.max_prompt_chars:,} characters · {limits.context_tokens:,} tokens of "
-            f"context (tiles per image are lowered to fit)")
+            f"({limits.max_image_side:,} px a side) · videos up to {limits.max_video_pixels / 1e6:.1f} MP a frame "
+            f"and {limits.max_video_seconds / 3600:g} h, {limits.max_video_frames} sampled frames · messages up to "
+            f"{limits.max_prompt_chars:,} characters · {limits.context_tokens:,} tokens of context (tiles per image "
+            f"are lowered to fit)")
 
 
 def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limits = LIMITS,
@@ -237,6 +236,7 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
               delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
     """The Blocks app. `get_engine(name)` gives the (lazily loading) Engine for a model name;
     `gpu` wraps the functions that run the model (`spaces.GPU` on ZeroGPU)."""
+    generated: set[str] = set()  # drawings and exports: deleted with the uploads (see delete_cache below)
 
     def engine_for(model: str):
         if model not in models:  # never load whatever a client names
@@ -290,7 +290,10 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
             return
         finally:
             cancel.set()
-        yield history + [answer_message(text, annotate(text, turns))], status(model)
+        drawn = annotate(text, turns)
+        if drawn:
+            generated.add(drawn)
+        yield history + [answer_message(text, drawn)], status(model)
 
     @gpu
     def chat_api(message: str, images: list[str] | None = None, video: str | None = None,
@@ -368,9 +371,12 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"eagle2-chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
         path.write_text(text, encoding="utf-8")
+        generated.add(str(path))
         return str(path)
 
     with gr.Blocks(title="Eagle2 Demo", analytics_enabled=False, fill_width=True, delete_cache=delete_cache) as demo:
+        # gradio deletes the files of these sets on delete_cache's schedule and when it shuts down
+        demo.temp_file_sets.append(generated)
         gr.Markdown("# Eagle2 · chat about images and videos\n"
                     "NVIDIA's Eagle2 vision-language models, running natively (no remote code). "
                     "Add images or a video, ask a question, and watch the answer stream in. "

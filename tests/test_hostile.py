@@ -11,6 +11,7 @@ import gc
 import threading
 import time
 
+import httpx
 import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
@@ -102,6 +103,27 @@ def send(client, request: dict) -> tuple[str | None, str | None, float]:
         return answer, None, time.monotonic() - start
     except AppError as e:
         return None, str(e), time.monotonic() - start
+
+
+def test_the_page_shows_every_limit_a_user_meets(app_server):
+    config = httpx.get(app_server.url + "config").json()
+    line = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "limits")
+    for shown in (f"{LIMITS.max_upload_mb} MB", f"{LIMITS.max_image_pixels / 1e6:.0f} MP",
+                  f"{LIMITS.max_images_per_conversation} images", f"{LIMITS.max_video_frames} sampled frames",
+                  f"{LIMITS.max_prompt_chars:,} characters", f"{LIMITS.context_tokens:,} tokens"):
+        assert shown in line
+    assert config["max_file_size"] == LIMITS.max_upload_mb * 2**20  # the upload limit gradio enforces
+
+
+def test_an_over_size_upload_is_refused_with_a_clear_message(client, app_server, tmp_path):
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.truncate((LIMITS.max_upload_mb + 1) * 2**20)  # sparse: no disk or time spent
+    with open(big, "rb") as f:  # the server refuses it however it is sent
+        response = httpx.post(app_server.url + "gradio_api/upload", files={"files": ("huge.png", f)})
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # gradio_client checks first
+        client.predict("What is this?", [handle_file(str(big))], api_name="/chat")
 
 
 @pytest.mark.parametrize("name", CORPUS)
