@@ -72,6 +72,20 @@ def test_follow_up_reuses_cache_and_images_exactly(checkpoints, engine, images):
     assert reused.token_ids == fresh.token_ids
 
 
+def test_after_an_out_of_memory_error_the_next_request_starts_clean(checkpoints, images):
+    """What the engine does after CUDA runs out of memory (which needs a GPU to happen for real):
+    the KV cache's contents and the image features are forgotten, so the next request encodes and
+    prefills everything again and answers exactly as a fresh engine does."""
+    engine = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu")
+    first = [Message("user", "Compare these.", images=images[:2])]
+    follow = first + [Message("assistant", run(engine, first).text), Message("user", "And the colours?")]
+    calls = engine.vision_calls
+    engine._after_oom()
+    again = run(engine, follow)
+    assert again.timings["reused_tokens"] == 0 and engine.vision_calls == calls + 2
+    assert again.token_ids == run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), follow).token_ids
+
+
 def test_seeded_sampling_is_reproducible(engine, images):
     settings = GenerationSettings(temperature=1.0, top_p=0.9, top_k=40, max_new_tokens=10, seed=7)
     question = [Message("user", "Describe.", images=images[1:2])]
