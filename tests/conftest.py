@@ -97,20 +97,30 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+# gradio runs handlers on anyio's worker pool (at most 40 threads), whose idle workers only go
+# when later work prunes them: a burst leaves it bigger for a while, which is no leak.
+GRADIO_POOL = "AnyIO worker thread"
+
+
+def own_threads() -> int:
+    """This process's threads outside gradio's worker pool."""
+    return sum(t.name != GRADIO_POOL for t in threading.enumerate())
+
+
 def settled_thread_count(timeout: float = 15.0) -> int:
-    """This process's thread count once it has not changed for a second."""
+    """own_threads() once it has not changed for a second."""
     end = time.monotonic() + timeout
-    count, since = threading.active_count(), time.monotonic()
+    count, since = own_threads(), time.monotonic()
     while time.monotonic() - since < 1.0 and time.monotonic() < end:
         time.sleep(0.1)
-        if threading.active_count() != count:
-            count, since = threading.active_count(), time.monotonic()
+        if own_threads() != count:
+            count, since = own_threads(), time.monotonic()
     return count
 
 
 def threads_at_most(count: int, timeout: float = 15.0) -> int:
-    """The thread count once it is at most `count` (threads that finish need a moment), or after timeout."""
+    """own_threads() once it is at most `count` (threads that finish need a moment), or after timeout."""
     end = time.monotonic() + timeout
-    while threading.active_count() > count and time.monotonic() < end:
+    while own_threads() > count and time.monotonic() < end:
         time.sleep(0.1)
-    return threading.active_count()
+    return own_threads()

@@ -169,13 +169,13 @@ def test_the_app_runs_without_ssr_and_run_history(app_server):
 
 @pytest.fixture(scope="module")
 def served_app(tiny_checkpoint, tmp_path_factory):
-    """`python app.py` with uploads kept for 3 s, its temporary folders in a folder of its own and
+    """`python app.py` with uploads kept for 5 s, its temporary folders in a folder of its own and
     its output (stdout and stderr) in a file."""
     tmp = tmp_path_factory.mktemp("served")
     port = free_port()
     log = open(tmp / "output.txt", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(tiny_checkpoint), "--port", str(port),
-                             "--delete-uploads-after", str(3 / 3600)],
+                             "--delete-uploads-after", str(5 / 3600)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio")})
     url = f"http://127.0.0.1:{port}/"
@@ -195,26 +195,23 @@ def served_app(tiny_checkpoint, tmp_path_factory):
         log.close()
 
 
-def _users_files(tmp: Path) -> list[Path]:
-    """The upload and the export (the app's copy, and gradio's copy that it serves)."""
-    return [p for p in tmp.rglob("*") if p.is_file() and (p.name == "holiday.png" or p.name.startswith("eagle2-chat-"))]
-
-
 def test_uploads_and_generated_files_are_deleted_after_the_configured_time(served_app, tmp_path):
     url, tmp, _ = served_app
+    image = make_image(tmp_path / "holiday.png").read_bytes()
+    uploaded = Path(httpx.post(url + "gradio_api/upload", files={"files": ("holiday.png", image)}).json()[0])
+    assert uploaded.is_file()
     client = Client(url, verbose=False, analytics_enabled=False)
-    image = handle_file(str(make_image(tmp_path / "holiday.png")))
-    answer = client.predict("What is this?", [image], **QUICK, api_name="/chat")
-    history = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}]},
-               {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
-    client.predict(history, api_name="/export")
+    history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
+    served_copy = Path(client.predict(history, api_name="/export"))  # downloaded by the client
     client.close()
-    made = _users_files(tmp)
-    assert {"holiday.png", "json"} <= {p.name if p.suffix == ".png" else "json" for p in made}
+    exports = [p for p in (tmp / "eagle2-demo").rglob(served_copy.name)]  # the app's own file
+    assert exports
     end = time.monotonic() + 30
-    while _users_files(tmp) and time.monotonic() < end:
+    while (uploaded.exists() or any(p.exists() for p in exports)) and time.monotonic() < end:
         time.sleep(0.2)
-    assert not _users_files(tmp), made
+    assert not uploaded.exists() and not any(p.exists() for p in exports)
+    assert not [p for p in (tmp / "gradio").rglob(served_copy.name) if p.is_file()]  # gradio's copy too
 
 
 def _ask_with_marker(url: str, marker: str, folder: Path) -> None:
