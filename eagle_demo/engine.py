@@ -24,7 +24,7 @@ from .decoding import Decoder, TextStream, sample_next
 log = logging.getLogger(__name__)
 
 # What the caches of tiled images (host memory) and of image features (the model's device) may hold.
-PIXEL_CACHE_BYTES = 512 << 20  # ~20 images of 13 tiles
+PIXEL_CACHE_BYTES = 512 << 20  # 16 images of 13 tiles
 FEATURE_CACHE_BYTES = 512 << 20
 
 

@@ -102,25 +102,12 @@ def rss() -> int:
 GRADIO_POOL = "AnyIO worker thread"
 
 
-def own_threads() -> int:
-    """This process's threads outside gradio's worker pool."""
-    return sum(t.name != GRADIO_POOL for t in threading.enumerate())
-
-
-def settled_thread_count(timeout: float = 15.0) -> int:
-    """own_threads() once it has not changed for a second."""
+def threads_left_behind(before: set[threading.Thread], timeout: float = 15.0) -> list[str]:
+    """Names of the threads started since `before` (threading.enumerate() then) that are still
+    alive after up to `timeout` seconds, gradio's worker pool aside."""
     end = time.monotonic() + timeout
-    count, since = own_threads(), time.monotonic()
-    while time.monotonic() - since < 1.0 and time.monotonic() < end:
+    while True:
+        left = [t.name for t in threading.enumerate() if t not in before and t.name != GRADIO_POOL]
+        if not left or time.monotonic() > end:
+            return left
         time.sleep(0.1)
-        if own_threads() != count:
-            count, since = own_threads(), time.monotonic()
-    return count
-
-
-def threads_at_most(count: int, timeout: float = 15.0) -> int:
-    """own_threads() once it is at most `count` (threads that finish need a moment), or after timeout."""
-    end = time.monotonic() + timeout
-    while own_threads() > count and time.monotonic() < end:
-        time.sleep(0.1)
-    return own_threads()

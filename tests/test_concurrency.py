@@ -13,7 +13,7 @@ import time
 
 from gradio_client import Client, handle_file
 
-from tests.conftest import ASSETS, ROOT, rss, settled_thread_count, stream, threads_at_most
+from tests.conftest import ASSETS, ROOT, rss, stream, threads_left_behind
 
 CLIENTS = 8
 
@@ -32,7 +32,7 @@ def test_eight_clients_at_once_are_all_served_one_at_a_time(app_server):
     recorder = app_server.recorder
     bench(app_server.url, requests=1)  # warm-up: gradio's worker pools grow to what a burst needs
     gc.collect()
-    threads, memory = settled_thread_count(), rss()
+    threads, memory = set(threading.enumerate()), rss()
     seen = len(recorder.generations)
 
     result = bench(app_server.url, requests=2)
@@ -48,9 +48,9 @@ def test_eight_clients_at_once_are_all_served_one_at_a_time(app_server):
         assert runs[before][1] <= asked[after] <= runs[after][0]
 
     gc.collect()
-    after_threads, grown = threads_at_most(threads), (rss() - memory) / 2**20
-    print(f"server threads (gradio's worker pool aside) {threads} -> {after_threads}; RSS grew by {grown:.0f} MB")
-    assert after_threads <= threads
+    left, grown = threads_left_behind(threads), (rss() - memory) / 2**20
+    print(f"server threads left behind: {left}; RSS grew by {grown:.0f} MB")
+    assert not left
     assert grown < 100
 
 

@@ -17,7 +17,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
 from eagle_demo.config import LIMITS
-from tests.conftest import rss, settled_thread_count, threads_at_most
+from tests.conftest import rss, threads_left_behind
 from tests.media_factory import (
     make_bomb_png,
     make_corrupt_file,
@@ -155,15 +155,14 @@ def test_the_corpus_leaves_no_thread_or_memory_behind(client, app_server, corpus
     for _ in range(2):
         run_corpus()
     gc.collect()
-    threads, memory = settled_thread_count(), rss()
+    threads, memory = set(threading.enumerate()), rss()
     for _ in range(3):
         run_corpus()
     gc.collect()
-    after, grown = threads_at_most(threads), (rss() - memory) / 2**20
-    print(f"threads (gradio's worker pool aside) {threads} -> {after}; RSS {memory / 2**20:.0f} MB, "
-          f"grown by {grown:.0f} MB over 3 runs of {len(corpus)} requests")
-    assert after <= threads
-    assert not [t for t in threading.enumerate() if t.name == "eagle2-decode"]
+    left, grown = threads_left_behind(threads), (rss() - memory) / 2**20
+    print(f"threads left behind: {left}; RSS {memory / 2**20:.0f} MB, grown by {grown:.0f} MB over 3 runs of "
+          f"{len(corpus)} requests")
+    assert not left
     assert grown < 150
 
 
