@@ -54,6 +54,16 @@ def test_eight_clients_at_once_are_all_served_one_at_a_time(app_server):
     assert grown < 100
 
 
+def test_concurrency_is_one_queue_for_everything_that_runs_the_model(tiny_checkpoint):
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    demo, _, _ = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--concurrency", "3"]))
+    model_runs = [fn for fn in demo.fns.values() if fn.name in ("respond", "chat_api")]
+    assert len(model_runs) == 3  # Send, Retry and the chat endpoint
+    assert all(fn.concurrency_id == "model" and fn.concurrency_limit == 3 for fn in model_runs)
+
+
 def test_a_cancel_frees_the_engine_for_the_queue_within_two_tokens(app_server):
     recorder = app_server.recorder
     clients = [Client(app_server.url, verbose=False, analytics_enabled=False) for _ in range(4)]
