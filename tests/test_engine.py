@@ -222,3 +222,13 @@ def test_greedy_answer_equals_transformers_generate(engine, images, penalty):
                                 max_new_tokens=24, do_sample=False, repetition_penalty=penalty,
                                 eos_token_id=sorted(engine.stop_ids), pad_token_id=0))
     assert len(gen.token_ids) == 24 and gen.token_ids == out[0].tolist()
+
+
+def test_a_request_cancelled_before_it_runs_does_no_work(engine, images):
+    cancel = threading.Event()
+    gen = engine.chat([Message("user", "Describe.", images=images[1:2])], "", GREEDY, cancel=cancel)
+    calls = engine.vision_calls
+    engine.clear_caches()
+    cancel.set()
+    assert list(gen) == [] and gen.finish_reason == "cancelled"
+    assert engine.vision_calls == calls and "prefill_tokens" not in gen.timings
