@@ -242,7 +242,7 @@ class Engine:
         key = f"{self._digest(path)}:frames{num_frames}"
         cached = self._pixels.get(key)
         if cached is None:
-            clip = media.sample_video(path, num_frames, self.limits)
+            clip = media.sample_video(path, num_frames, self.limits, frame_size=(tile_size, tile_size))
             frames = [preprocessing.Visual(preprocessing.tile_image(f, 1, tile_size, False), f"{key}:{i}")
                       for i, f in enumerate(clip.frames)]
             cached = (frames, clip.timestamps)

@@ -147,11 +147,14 @@ def sample_indices(total: int, n: int) -> list[int]:
     return ((starts + ends) // 2).tolist()
 
 
-def sample_video(path: str | Path, num_frames: int, limits: Limits = LIMITS) -> VideoClip:
+def sample_video(path: str | Path, num_frames: int, limits: Limits = LIMITS,
+                 frame_size: tuple[int, int] | None = None) -> VideoClip:
     """Decodes num_frames (at most limits.max_video_frames) evenly spaced frames of a video.
 
     Frames are chosen over the real frame count (counted by demuxing when the header lacks it);
     a clip with barely more frames than asked repeats some, exactly like upstream.
+    frame_size: resize each frame (bicubic) as soon as it is decoded, so a long 4K clip never
+    holds more than small frames; one-tile preprocessing resizes to exactly this size anyway.
     """
     if num_frames < 1:
         raise ValueError("num_frames must be at least 1")
@@ -177,14 +180,14 @@ def sample_video(path: str | Path, num_frames: int, limits: Limits = LIMITS) -> 
         duration = total / rate
         _check_duration(duration, path, limits)
 
-    picked = _decode_with_decord(path, sample_indices(total, n), total) if total else None
+    picked = _decode_with_decord(path, sample_indices(total, n), total, frame_size) if total else None
     if picked is None and total / n > SEEK_GAP_FRAMES:
-        picked = _decode_seeking(path, sample_indices(total, n), rate)
+        picked = _decode_seeking(path, sample_indices(total, n), rate, frame_size)
     elif picked is None and total:
-        picked = _decode_straight(path, sample_indices(total, n), rate)
+        picked = _decode_straight(path, sample_indices(total, n), rate, frame_size)
         if picked is None:  # the file holds fewer frames than its header says: use those
             total = _count_decodable(path)
-            picked = total and _decode_straight(path, sample_indices(total, n), rate)
+            picked = total and _decode_straight(path, sample_indices(total, n), rate, frame_size)
     if not picked:
         raise MediaError(f"{path.name} is truncated or corrupt: no frame could be decoded.")
     return VideoClip(
@@ -251,16 +254,23 @@ def _count_decodable(path: Path) -> int:
     return total
 
 
-def _clip_frame(frame: av.VideoFrame, index: int, rate, start: int) -> tuple[Image.Image, float]:
-    image = frame.to_image()
-    if frame.rotation:  # the display matrix, in degrees counter-clockwise like PIL's rotate
-        image = image.rotate(frame.rotation, expand=True)
+def _clip_frame(frame: av.VideoFrame, index: int, rate, start: int,
+                frame_size: tuple[int, int] | None = None) -> tuple[Image.Image, float]:
+    image = _upright(frame.to_image(), frame.rotation, frame_size)
     if frame.pts is None:
         return image, float(index / rate)
     return image, max(0.0, float((frame.pts - start) * frame.time_base))
 
 
-def _decode_straight(path: Path, indices: list[int], rate) -> list[tuple[Image.Image, float]] | None:
+def _upright(image: Image.Image, rotation: int, frame_size: tuple[int, int] | None) -> Image.Image:
+    """Turned by the display matrix (degrees counter-clockwise, like PIL's rotate), then resized."""
+    if rotation:
+        image = image.rotate(rotation, expand=True)
+    return image.resize(frame_size, Image.Resampling.BICUBIC) if frame_size else image
+
+
+def _decode_straight(path: Path, indices: list[int], rate,
+                     frame_size: tuple[int, int] | None = None) -> list[tuple[Image.Image, float]] | None:
     """Decodes from the start, keeping only the wanted frames; None if the stream ends first."""
     wanted = set(indices)
     kept = {}
@@ -270,7 +280,7 @@ def _decode_straight(path: Path, indices: list[int], rate) -> list[tuple[Image.I
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i in wanted:
-                    kept[i] = _clip_frame(frame, i, rate, start)
+                    kept[i] = _clip_frame(frame, i, rate, start, frame_size)
                     if len(kept) == len(wanted):
                         return [kept[i] for i in indices]
         except av.FFmpegError:
@@ -278,26 +288,32 @@ def _decode_straight(path: Path, indices: list[int], rate) -> list[tuple[Image.I
     return None
 
 
-def _decode_with_decord(path: Path, indices: list[int], total: int) -> list[tuple[Image.Image, float]] | None:
+def _decode_with_decord(path: Path, indices: list[int], total: int,
+                        frame_size: tuple[int, int] | None = None) -> list[tuple[Image.Image, float]] | None:
     """The frames through decord's random access, when decord is installed: it reads the sampled
-    frames 1.25-4.8x faster than PyAV (benchmarks/bench_video.py). It is not a requirement because its
+    frames 1.4-5x faster than PyAV (benchmarks/bench_video.py). It is not a requirement because its
     wheels bundle an FFmpeg from 2021, so it only ever sees files PyAV has already checked.
-    None (use PyAV) when it is missing, disagrees on the frame count, or fails to decode."""
+    None (use PyAV) when it is missing, the video is rotated, decord disagrees on the frame count,
+    or it fails to decode."""
     try:
         import decord
     except ImportError:
         return None
+    if _rotation(path):  # decord's handling of the display matrix is unreliable (wrong sizes, errors)
+        return None
+    picked = []
     try:
         reader = decord.VideoReader(str(path), num_threads=0)
         if len(reader) != total:
             return None
-        frames = reader.get_batch(indices).asnumpy()
-        times = reader.get_frame_timestamp(indices)[:, 0]
+        for start in range(0, len(indices), 8):  # a few full-size frames in memory at a time
+            chunk = indices[start:start + 8]
+            frames = reader.get_batch(chunk).asnumpy()
+            times = reader.get_frame_timestamp(chunk)[:, 0]
+            picked += [(_upright(Image.fromarray(f), 0, frame_size), float(t)) for f, t in zip(frames, times)]
     except Exception:  # decord raises its own DECORDError for anything it cannot read
         return None
-    rotation = _rotation(path)  # decord ignores the display matrix
-    return [(Image.fromarray(f).rotate(rotation, expand=True) if rotation else Image.fromarray(f), float(t))
-            for f, t in zip(frames, times)]
+    return picked
 
 
 def _rotation(path: Path) -> int:
@@ -309,7 +325,8 @@ def _rotation(path: Path) -> int:
             return 0
 
 
-def _decode_seeking(path: Path, indices: list[int], rate) -> list[tuple[Image.Image, float]] | None:
+def _decode_seeking(path: Path, indices: list[int], rate,
+                    frame_size: tuple[int, int] | None = None) -> list[tuple[Image.Image, float]] | None:
     """For each index, seeks to the keyframe before its timestamp and decodes up to it."""
     picked = []
     with _open_video(path) as container:
@@ -327,5 +344,5 @@ def _decode_seeking(path: Path, indices: list[int], rate) -> list[tuple[Image.Im
                 pass
             if frame is None:
                 return None
-            picked.append(_clip_frame(frame, index, rate, start))  # past the end: the last frame
+            picked.append(_clip_frame(frame, index, rate, start, frame_size))  # past the end: the last frame
     return picked
