@@ -198,9 +198,9 @@ class Engine:
         max_tiles = preprocessing.fit_tiles_to_context(
             sizes, frames, settings.max_tiles, tile_size=cfg.tile_size, tokens_per_tile=cfg.tokens_per_tile,
             use_thumbnail=cfg.use_thumbnail, context_tokens=self.context)
-        turns = []
+        turns, size_of = [], iter(sizes)
         for user, answer in turns_in:
-            images = [self._tiled_image(p, max_tiles) for p in user.images]
+            images = [self._tiled_image(p, next(size_of), max_tiles) for p in user.images]
             frames, stamps = self._tiled_video(user.video, settings.num_frames) if user.video else ([], [])
             turns.append(preprocessing.Turn(user=user.text, images=images, frames=frames,
                                             timestamps=stamps, answer=answer))
@@ -221,12 +221,11 @@ class Engine:
             self._digests.put(memo_key, digest)
         return digest
 
-    def _tiled_image(self, path: str, max_tiles: int) -> preprocessing.Visual:
+    def _tiled_image(self, path: str, size: tuple[int, int], max_tiles: int) -> preprocessing.Visual:
         cfg = self.model.config
         key = f"{self._digest(path)}:tiles{max_tiles}"
         visual = self._pixels.get(key)
         if visual is None:
-            size = media.image_size(path, self.limits)
             cols, rows = preprocessing.choose_grid(*size, 1, max_tiles, cfg.tile_size)
             # a big JPEG may decode at reduced scale, as long as it stays larger than the tiles
             img = media.open_image(path, self.limits, min_size=(cols * cfg.tile_size, rows * cfg.tile_size))
