@@ -195,8 +195,9 @@ class Engine:
         cfg = self.model.config
         sizes = [media.image_size(p, self.limits) for user, _ in turns_in for p in user.images]
         frames = sum(min(settings.num_frames, self.limits.max_video_frames) for user, _ in turns_in if user.video)
+        requested = settings.max_tiles if cfg.dynamic_image_size else 1  # a checkpoint without tiling: one tile
         max_tiles = preprocessing.fit_tiles_to_context(
-            sizes, frames, settings.max_tiles, tile_size=cfg.tile_size, tokens_per_tile=cfg.tokens_per_tile,
+            sizes, frames, requested, tile_size=cfg.tile_size, tokens_per_tile=cfg.tokens_per_tile,
             use_thumbnail=cfg.use_thumbnail, context_tokens=self.context)
         turns, size_of = [], iter(sizes)
         for user, answer in turns_in:

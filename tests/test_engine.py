@@ -1,5 +1,6 @@
 """The engine on tiny random checkpoints: layouts agree, KV reuse is exact, stop/cancel/limits work."""
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -232,3 +233,11 @@ def test_a_request_cancelled_before_it_runs_does_no_work(engine, images):
     cancel.set()
     assert list(gen) == [] and gen.finish_reason == "cancelled"
     assert engine.vision_calls == calls and "prefill_tokens" not in gen.timings
+
+
+def test_a_checkpoint_without_dynamic_tiling_gets_one_tile_per_image(tmp_path, images):
+    path = write_tiny_checkpoint(tmp_path / "fixed", layout="eagle_chat")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "dynamic_image_size": False}))
+    gen = Engine(str(path), device="cpu").chat([Message("user", "What?", images=images[:2])], "", GREEDY)
+    assert gen.num_tiles == [1, 1]
