@@ -114,12 +114,12 @@ def main() -> None:
              tokens=len(r["gen"].token_ids), media_s=round(t["media_s"], 4), vision_s=round(t["vision_s"], 4),
              prefill_s=round(t["prefill_s"], 4), ttft_s=round(t["ttft_s"], 4),
              tokens_per_s=round(t["decode_tokens_per_s"], 1))
-    best = runs[-1]["gen"]
+    last = runs[-1]["gen"]
     tps = statistics.median(r["gen"].timings["decode_tokens_per_s"] for r in runs)
     ttft = statistics.median(r["gen"].timings["ttft_s"] for r in runs)
-    bare = bare_loop(engine, best, args.new_tokens)
+    bare = bare_loop(engine, last, args.new_tokens)
     emit(stage="bare_loop", tokens_per_s=round(bare, 1))
-    baseline_tps, baseline_ids = generate_baseline(engine, best, args.new_tokens)
+    baseline_tps, baseline_ids = generate_baseline(engine, last, args.new_tokens)
     emit(stage="generate", tokens_per_s=round(baseline_tps, 1))
 
     summary = {"summary": True, "size": size, "device": args.device,
@@ -127,8 +127,8 @@ def main() -> None:
                "tokens_per_s": round(tps, 1), "ttft_s": round(ttft, 4),
                "ratio_to_generate": round(tps / baseline_tps, 2),
                "stream_overhead": round(bare / tps - 1, 3),
-               "greedy_match_tokens": next((i for i, (a, b) in enumerate(zip(best.token_ids, baseline_ids))
-                                            if a != b), len(best.token_ids))}
+               "greedy_match_tokens": next((i for i, (a, b) in enumerate(zip(last.token_ids, baseline_ids))
+                                            if a != b), len(last.token_ids))}
     lm = engine.model.language_model
     if args.device.startswith("cuda"):
         weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())

@@ -302,11 +302,10 @@ class Generation:
         with self.engine._run_lock:
             # perf_counter() stamps of the run lock taken and released: runs never overlap
             self.timings["run_start"] = time.perf_counter()
-            if self.cancel.is_set():  # cancelled while it waited for the engine: no prefill
-                self.finish_reason = "cancelled"
-                self.timings["run_end"] = time.perf_counter()
-                return
             try:
+                if self.cancel.is_set():  # cancelled while it waited for the engine: no prefill
+                    self.finish_reason = "cancelled"
+                    return
                 self._begin()
                 while (delta := self._advance()) is not None:
                     if delta:
