@@ -11,22 +11,36 @@ from .preprocessing import GROUNDING_TOKENS
 
 log = logging.getLogger(__name__)
 
-# Attention spans a captured decode step may cover. A step at position p replays the graph of the
-# smallest span above p, so any prompt length reuses graphs captured once per loaded model.
+# Attention spans of a one-token step on CUDA. A step at position p attends over the smallest span
+# above p (masked beyond p), so the kernels see a handful of shapes instead of one per token, and
+# each span's step is captured once per loaded model as a CUDA graph.
 ATTEND_BUCKETS = (1024, 2048, 4096, 8192, 16384, 32768)
 
 
-
 class Decoder:
-    """Runs one-token steps of a Qwen2LM over its static KV cache."""
+    """Runs one-token steps of a Qwen2LM over its static KV cache.
+
+    On CUDA (or whenever graphs are asked for) a step attends over a bucketed span and replays the
+    span's captured graph, falling back to the same bucketed step run eagerly. On CPU a step attends
+    over the filled positions only: there are no kernel plans to reuse there.
+    """
 
     def __init__(self, lm, cache, use_cuda_graphs: bool):
         self.lm, self.cache = lm, cache
+        self.device = cache.device
+        self.bucketed = use_cuda_graphs or self.device.type == "cuda"
+        self.spans = [s for s in ATTEND_BUCKETS if s < cache.max_len] + [cache.max_len]
+        # static inputs of every step: a replayed graph reads them where it was captured
+        self._token = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._pos = torch.zeros(1, dtype=torch.long, device=self.device)  # 0: no prompt is cached yet
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if use_cuda_graphs:
+        if use_cuda_graphs and _syncs_with_host(lm):
+            log.info("bitsandbytes' 8-bit layers sync with the host, which a CUDA graph cannot hold; "
+                     "decoding eagerly")
+        elif use_cuda_graphs:
             try:
                 self._capture()
-            except Exception as e:  # e.g. a quantised layer that cannot be captured
+            except Exception as e:  # e.g. a layer that cannot be captured
                 log.warning("CUDA graph capture failed (%s); decoding eagerly", e)
                 self.graphs = {}
 
@@ -35,35 +49,77 @@ class Decoder:
         return self.lm.logits(hidden[0, -1])
 
     def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """Feed `token` at position `pos`; return the logits for position `pos + 1`."""
-        if not self.graphs:
-            return self._forward_one(token, torch.tensor([pos], device=token.device), pos + 1)
-        span = next(s for s in self.graphs if s > pos)
-        self._token.copy_(token.view(1))
+        """Feed `token` at position `pos`; return the logits for position `pos + 1`.
+
+        A replayed graph returns its static logits: read them before the next step.
+        """
         self._pos.fill_(pos)
+        if not self.bucketed:
+            return self._forward_one(token, self._pos, pos + 1)
+        span = next(s for s in self.spans if s > pos)
+        if span not in self.graphs:
+            return self._forward_one(token, self._pos, span)
+        self._token.copy_(token.view(1))
         graph, logits = self.graphs[span]
         graph.replay()
         return logits
 
     @torch.inference_mode()
     def _capture(self) -> None:
-        device = self.cache.k.device
-        self._token = torch.zeros(1, dtype=torch.long, device=device)
-        self._pos = torch.zeros(1, dtype=torch.long, device=device)  # position 0: no prompt is cached yet
-        spans = [s for s in ATTEND_BUCKETS if s < self.cache.max_len] + [self.cache.max_len]
-        pool = None
-        for span in spans:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: lazy kernel and workspace set-up must not be captured
-                for _ in range(2):
-                    self._forward_one(self._token, self._pos, span)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits = self._forward_one(self._token, self._pos, span)
-            pool = graph.pool()
-            self.graphs[span] = (graph, logits)
+        device = self.device
+        # On the model's GPU, whichever is current; the outer stream context puts this thread back on
+        # its own stream even when a capture fails half-way (torch.cuda.graph's exit then skips that).
+        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.current_stream(device)):
+            pool = None
+            for span in self.spans:
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):  # warm-up: lazy kernel and workspace set-up must not be captured
+                    for _ in range(2):
+                        self._forward_one(self._token, self._pos, span)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self._forward_one(self._token, self._pos, span)
+                pool = graph.pool()
+                self.graphs[span] = (graph, logits)
+
+
+def _syncs_with_host(lm) -> bool:
+    """True for bitsandbytes' LLM.int8 layers: their outlier detection reads values on the host."""
+    return any(type(m).__name__ == "Linear8bitLt" for m in lm.modules())
+
+
+class HostToken:
+    """Reads a sampled token id on the host without waiting for the work queued after it.
+
+    On CUDA: a non-blocking copy into pinned memory and an event, so the next decode step runs on
+    the GPU while the host checks stop tokens and detokenises. On CPU there is nothing to overlap.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._token: torch.Tensor | None = None
+        if device.type == "cuda":
+            self._host = torch.empty(1, dtype=torch.long, pin_memory=True)
+            self._ready = torch.cuda.Event()
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether the next step should be queued before the host reads this token."""
+        return self.device.type == "cuda"
+
+    def start(self, token: torch.Tensor) -> None:
+        self._token = token
+        if self.device.type == "cuda":
+            self._host.copy_(token.view(1), non_blocking=True)
+            self._ready.record(torch.cuda.current_stream(self.device))
+
+    def read(self) -> int:
+        if self.device.type != "cuda":
+            return int(self._token)
+        self._ready.synchronize()
+        return int(self._host[0])
 
 
 def sample_next(logits: torch.Tensor, generated: torch.Tensor, s: GenerationSettings,
@@ -86,7 +142,7 @@ def sample_next(logits: torch.Tensor, generated: torch.Tensor, s: GenerationSett
         outside = (probs.cumsum(-1) - probs) > s.top_p  # keeps the smallest prefix reaching top_p
         probs = probs.masked_fill(outside, 0.0)
     choice = torch.multinomial(probs, 1, generator=generator)
-    return ids[choice[0]]
+    return ids.gather(0, choice)[0]  # tensor indices only: no host sync
 
 
 class TextStream:

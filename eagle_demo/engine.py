@@ -19,7 +19,7 @@ import torch
 
 from . import media, preprocessing
 from .config import LIMITS, GenerationSettings, Limits
-from .decoding import Decoder, TextStream, sample_next
+from .decoding import Decoder, HostToken, TextStream, sample_next
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Engine:
     """Loads one Eagle2 checkpoint on first use and answers chat requests, one at a time."""
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
-                 load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool = True,
+                 load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool | None = None,
                  attn: str = "sdpa"):
         self.model_name = model
         self.attn = attn
@@ -100,7 +100,7 @@ class Engine:
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.load_8bit = load_8bit
         self.limits = limits
-        self.use_cuda_graphs = use_cuda_graphs
+        self.use_cuda_graphs = self.device.startswith("cuda") if use_cuda_graphs is None else use_cuda_graphs
         self.status = "not loaded"
         self.model = None
         self.tokenizer = None
@@ -138,8 +138,7 @@ class Engine:
                 report(0.8, "preparing the decoder…")
                 self.context = min(self.limits.context_tokens, model.config.text.max_position_embeddings)
                 cache = model.language_model.new_cache(self.context)
-                self.decoder = Decoder(model.language_model, cache,
-                                       use_cuda_graphs=self.use_cuda_graphs and self.device.startswith("cuda"))
+                self.decoder = Decoder(model.language_model, cache, use_cuda_graphs=self.use_cuda_graphs)
             except Exception:
                 self.status = "not loaded (the last attempt failed)"
                 raise
@@ -163,15 +162,13 @@ class Engine:
             self._features.clear()
             self._cached_sig = []
             self.status = "not loaded"
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            _empty_cache(self.device)
 
     def _after_oom(self) -> None:
         """Free what a failed request held, so that the next one starts clean."""
         self._cached_sig = []
         self._features.clear()
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        _empty_cache(self.device)
 
     def clear_caches(self) -> None:
         """Forget tiled images, image features and the KV cache's contents (the next turn starts cold)."""
@@ -337,6 +334,7 @@ class Generation:
         self._generated = torch.empty(self.max_new_tokens, dtype=torch.long, device=device)
         self._random = None if self.settings.seed is None else torch.Generator(device).manual_seed(self.settings.seed)
         self._stream = TextStream(engine.tokenizer)
+        self._host_token = HostToken(device)
         self._pos = len(self.prompt_token_ids)
         self._t_first = None
         self._done = False
@@ -349,20 +347,27 @@ class Generation:
             return None
         if self.cancel.is_set():
             return self._finish("cancelled")
-        token = sample_next(self._logits, self._generated[:len(self.token_ids)], self.settings, self._random)
-        token_id = int(token)
+        n = len(self.token_ids)
+        token = sample_next(self._logits, self._generated[:n], self.settings, self._random)
+        self._generated[n] = token
+        self._host_token.start(token)
+        last = n + 1 >= self.max_new_tokens or self._pos >= engine.context
+        ahead = not last and self._host_token.overlaps
+        if ahead:  # queued before the host reads the token: the GPU works while the host checks it
+            self._logits = engine.decoder.step(token, self._pos)
+        token_id = self._host_token.read()
         if self._t_first is None:
             self._t_first = time.perf_counter()
             self.timings["prefill_s"] = self._t_first - self._t_prefill
             self.timings["ttft_s"] = self.timings["media_s"] + self._t_first - self._t_start
-        if token_id in engine.stop_ids:
+        if token_id in engine.stop_ids:  # a step run ahead for it wrote past what the cache is known to hold
             return self._finish("stop")
-        self._generated[len(self.token_ids)] = token
         self.token_ids.append(token_id)
         delta = self._stream.push(token_id)
-        if len(self.token_ids) >= self.max_new_tokens or self._pos >= engine.context:
+        if last:
             return delta + self._finish("length")
-        self._logits = engine.decoder.step(token, self._pos)
+        if not ahead:
+            self._logits = engine.decoder.step(token, self._pos)
         engine._cached_sig.append(token_id)
         self._pos += 1
         return delta
@@ -441,4 +446,10 @@ def _common_prefix(a: list, b: list, limit: int) -> int:
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
+
+
+def _empty_cache(device: str) -> None:
+    if device.startswith("cuda"):
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()

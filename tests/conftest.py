@@ -27,6 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(params=["contiguous", "cuda_fused"])
+def sdpa_layout(request, monkeypatch) -> str:
+    """Runs a test twice: with CPU attention's contiguous output, and with the layout CUDA's fused
+    kernels return (see tests/cuda_emulation.py)."""
+    if request.param == "cuda_fused":
+        from tests.cuda_emulation import fused_attention_layout
+
+        fused_attention_layout(monkeypatch)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weight Eagle2 checkpoint (current 1B/2B layout); loads in well under a second."""

@@ -52,6 +52,7 @@ def run(engine, messages, settings=GREEDY, **kw):
     return gen
 
 
+@pytest.mark.usefixtures("sdpa_layout")
 def test_both_layouts_give_identical_greedy_ids(checkpoints, images):
     question = [Message("user", "What is in this image?", images=images[:1])]
     old, new = (run(Engine(str(checkpoints[k]), device="cpu"), question) for k in ("eagle_chat", "eagle_2_5_vl"))
@@ -60,6 +61,7 @@ def test_both_layouts_give_identical_greedy_ids(checkpoints, images):
     assert new.num_tiles == [3]  # 900x500 at 4 tiles max: a 2x1 grid plus the thumbnail
 
 
+@pytest.mark.usefixtures("sdpa_layout")
 def test_follow_up_reuses_cache_and_images_exactly(checkpoints, engine, images):
     first = [Message("user", "Compare these.", images=images[:2])]
     answer = run(engine, first)
@@ -208,6 +210,7 @@ def test_unload_frees_the_model_and_the_next_request_loads_it_again(checkpoints)
 
 
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.usefixtures("sdpa_layout")
 def test_greedy_answer_equals_transformers_generate(engine, images, penalty):
     """The engine's own decode loop against transformers' generate on the same weights and prompt,
     repetition penalty included (it covers the generated ids, as generate does from embeddings)."""

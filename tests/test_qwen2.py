@@ -21,6 +21,9 @@ def pair():
     return reference, ours
 
 
+pytestmark = pytest.mark.usefixtures("sdpa_layout")
+
+
 @torch.inference_mode()
 def test_prefill_logits_match_transformers(pair):
     reference, ours = pair

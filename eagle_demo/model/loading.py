@@ -10,7 +10,7 @@ A tower's `head.*` (SigLIP pooling head, ConvNeXt classifier) is never used and 
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -109,25 +109,6 @@ def weight_files(path: Path) -> list[Path]:
                           "(only safetensors weights are read)")
 
 
-@contextmanager
-def _parameters_on_meta():
-    """Create parameters on the meta device (no memory, no random init) while buffers that
-    modules compute in __init__, such as RoPE frequencies, stay real. Not thread-safe: it
-    patches nn.Module for the duration of a model's construction."""
-    register = nn.Module.register_parameter
-
-    def register_on_meta(module, name, param):
-        if param is not None:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
-
-
 def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None = None,
                 load_in_8bit: bool = False, attn: str = "sdpa") -> Eagle2Model:
     """Build the model from config.json and load its safetensors; returns it in eval mode.
@@ -143,7 +124,9 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
     _check_attn(attn, device, dtype)
     int8 = _int8_backend(device) if load_in_8bit else None
 
-    with _parameters_on_meta():
+    # Built on the meta device (no memory, no random init; a thread-local mode, so other threads
+    # building models at the same time are not affected); the weights are then assigned as loaded.
+    with torch.device("meta"):
         model = Eagle2Model(config, attn)
     params = model.state_dict()
     with ExitStack() as stack:
@@ -168,6 +151,10 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
     embed = lm.model.embed_tokens.weight
     if tie or (config.text.tie_word_embeddings and torch.equal(lm.lm_head.weight, embed)):
         lm.lm_head.weight = embed  # one matrix instead of two equal ones
+    lm.init_buffers()
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a module that made a tensor in __init__ no checkpoint holds: compute it after load
+        raise AssertionError(f"not loaded or computed after load: {', '.join(left[:5])}")
     if int8:
         _to_8bit(lm, *int8)
     return model.to(device).eval().requires_grad_(False)

@@ -16,18 +16,25 @@ from torch import nn
 from .config import TextConfig
 
 
-class KVCache(nn.Module):
-    """Keys and values of every layer for one sequence, preallocated to `max_len` positions."""
+class KVCache:
+    """Keys and values for one sequence, preallocated to `max_len` positions.
+
+    One buffer per layer, not one stacked tensor: each layer writes its own buffer in place, so a
+    compiled or captured decode step never copies a cache-sized tensor.
+    """
 
     def __init__(self, cfg: TextConfig, max_len: int, device=None, dtype=None):
-        super().__init__()
-        shape = (cfg.num_hidden_layers, 1, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        shape = (1, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.k[0].device
 
 
 class RMSNorm(nn.Module):
@@ -77,7 +84,10 @@ class Attention(nn.Module):
             groups = self.n_heads // self.n_kv
             q = q.reshape(b, self.n_kv, groups * length, self.head_dim)
             out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask.repeat(groups, 1))
-            out = out.view(b, self.n_heads, length, self.head_dim)
+            # CUDA's fused kernels return a transposed view of a (B, L, H, D) buffer, so only
+            # layout-free steps: unflatten (always a view), then permute and reshape (a copy if needed).
+            out = out.unflatten(2, (groups, length)).permute(0, 3, 1, 2, 4)
+            return self.o_proj(out.reshape(b, length, -1))
         return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
 
 
@@ -119,8 +129,17 @@ class Qwen2LM(nn.Module):
         self.config = cfg
         self.model = Qwen2Body(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", self._rope_frequencies(), persistent=False)
+
+    def _rope_frequencies(self, device=None) -> torch.Tensor:
+        cfg = self.config
+        steps = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device) / cfg.head_dim
+        return 1.0 / (cfg.rope_theta ** steps)
+
+    def init_buffers(self) -> None:
+        """Compute the buffers no checkpoint stores (RoPE frequencies) on the weights' device: a
+        model built on the meta device has only placeholders for them."""
+        self.inv_freq = self._rope_frequencies(self.lm_head.weight.device)
 
     def new_cache(self, max_len: int) -> KVCache:
         weight = self.model.embed_tokens.weight

@@ -1,0 +1,98 @@
+"""The engine's CUDA paths, run on CPU through the stand-ins in tests/cuda_emulation.py: the memory
+layout CUDA's fused attention kernels return, graph capture and replay, and host syncs per token."""
+
+import pytest
+import torch
+from PIL import Image
+
+from eagle_demo import decoding
+from eagle_demo.config import GenerationSettings
+from eagle_demo.decoding import Decoder
+from eagle_demo.engine import Engine, Message
+from tests.cuda_emulation import HostReadCounter, fused_attention_layout, install_cuda_graphs
+
+GREEDY = GenerationSettings(temperature=0.0, max_tiles=1, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "stripes.png"
+    img = Image.new("RGB", (448, 448), (30, 120, 200))
+    for x in range(0, 448, 29):
+        img.paste((250, 200, 0), (x, 0, x + 7, 448))
+    img.save(path)
+    return str(path)
+
+
+def three_turns(engine: Engine, image: str, lengths=(40, 60, 200)) -> list[list[int]]:
+    """Greedy answers of a three-turn image conversation, each turn reusing the KV cache."""
+    messages, answers = [Message("user", "Describe this picture.", images=[image])], []
+    for turn, length in enumerate(lengths):
+        gen = engine.chat(messages, "You are a helpful assistant.", GenerationSettings(
+            **{**GREEDY.__dict__, "max_new_tokens": length}))
+        list(gen)
+        assert turn == 0 or gen.timings["reused_tokens"] > 0
+        answers.append(gen.token_ids)
+        messages += [Message("assistant", gen.text), Message("user", f"Tell me more ({turn}).")]
+    return answers
+
+
+def no_stop_tokens(engine: Engine) -> Engine:
+    engine.load()
+    engine.stop_ids = set()  # random weights may pick <|im_end|> early: decode the full lengths
+    return engine
+
+
+def test_fused_attention_layout_gives_the_same_tokens_as_contiguous(tiny_checkpoint, image, monkeypatch):
+    contiguous = three_turns(no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu")), image, (12, 12, 12))
+    fused_attention_layout(monkeypatch)
+    assert three_turns(no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu")), image, (12, 12, 12)) == contiguous
+
+
+def test_replayed_graphs_decode_as_eager_across_bucket_boundaries(tiny_checkpoint, image, monkeypatch):
+    eager = three_turns(no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu")), image)
+    fake = install_cuda_graphs(monkeypatch)
+    # An image turn is ~290 tokens: these spans are crossed while decoding turns 1, 2 and 3.
+    monkeypatch.setattr(decoding, "ATTEND_BUCKETS", (300, 400, 600))
+    engine = no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu", use_cuda_graphs=True))
+    assert sorted(engine.decoder.graphs) == [300, 400, 600, engine.context]
+    assert three_turns(engine, image) == eager
+    replayed = {span for span, (graph, _) in engine.decoder.graphs.items() if graph.replays}
+    assert replayed >= {300, 400, 600}  # each boundary crossed mid-answer
+    assert fake.current_stream() is fake.default_stream
+
+
+def test_a_capture_that_reads_the_host_falls_back_to_eager_on_the_callers_stream(tiny_checkpoint, monkeypatch):
+    """As bitsandbytes' int8 layers do: a host read inside the step invalidates the capture, and
+    torch.cuda.graph's exit then leaves the thread on the capture stream unless the caller restores it."""
+    engine = Engine(str(tiny_checkpoint), device="cpu")
+    engine.load()
+    lm = engine.model.language_model
+    mlp = lm.model.layers[0].mlp
+    plain = mlp.forward
+    monkeypatch.setattr(mlp, "forward", lambda x: plain(x) * (1.0 + 0.0 * float(x.abs().max())))
+    fake = install_cuda_graphs(monkeypatch)
+    decoder = Decoder(lm, lm.new_cache(64), use_cuda_graphs=True)
+    assert decoder.graphs == {}
+    assert fake.current_stream() is fake.default_stream
+    with torch.inference_mode():
+        logits = decoder.step(torch.tensor(5), 0)
+    assert torch.isfinite(logits).all()
+
+
+def test_one_host_read_per_token_and_after_the_next_step_is_queued(tiny_checkpoint, image, monkeypatch):
+    monkeypatch.setattr(decoding.HostToken, "overlaps", True)  # as on CUDA, where the device runs ahead
+    engine = no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu"))
+    settings = GenerationSettings(temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=10, max_tiles=1, seed=1)
+    gen = engine.chat([Message("user", "Describe.", images=[image])], "", settings)
+    deltas = iter(gen)
+    next(deltas)  # prefill and the first token
+    counter = HostReadCounter()
+    with counter:
+        list(deltas)
+    ops = counter.ops
+    reads = [i for i, op in enumerate(ops) if op == "HOST_READ"]
+    assert len(reads) == len(gen.token_ids) - 1  # one read per token: its id, nothing in sampling
+    for previous, read in zip([-1, *reads], reads[:-1]):  # the last token has no next step
+        sampled = max(i for i in range(previous + 1, read) if ops[i] == "multinomial")
+        assert ops[sampled:read].count("linear") >= 8, "the next step is queued before the host reads the token"
