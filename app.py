@@ -1,8 +1,8 @@
 """Eagle2 Demo: `python app.py [--model nvidia/Eagle2-1B] [--share] ...`
 
 Every flag can also be set by an environment variable (shown in `--help`), which is how a
-Hugging Face Space configures it. The model loads on the first request, except on ZeroGPU,
-where Spaces wants it on CUDA at import time.
+Hugging Face Space configures it. Models load on the first request that needs them, except on
+ZeroGPU, where Spaces wants them on CUDA at import time (all of the menu's, then).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 from eagle_demo import ui
 from eagle_demo.config import DEFAULT_MODEL, LIMITS
+from eagle_demo.models import ModelMenu
 
 try:  # Hugging Face Spaces provides `spaces`; elsewhere generation runs undecorated
     import spaces
@@ -53,31 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="largest file a user may upload [EAGLE_MAX_UPLOAD_MB]")
     p.add_argument("--concurrency", type=int, default=int(env("EAGLE_CONCURRENCY") or 1),
                    help="answers generated at once; more wait in the queue [EAGLE_CONCURRENCY]")
+    p.add_argument("--max-models", type=int, default=int(env("EAGLE_MAX_MODELS") or 0),
+                   help="most models of the menu kept loaded at once; 0: as many as fit in memory [EAGLE_MAX_MODELS]")
     p.add_argument("--delete-uploads-after", type=float, default=float(env("EAGLE_DELETE_UPLOADS_AFTER") or 24),
                    help="hours after which uploaded and generated files are deleted [EAGLE_DELETE_UPLOADS_AFTER]")
     return p.parse_args(argv)
-
-
-class Engines:
-    """One Engine per model name, made on first use (the engine module, and torch, load then).
-
-    Only one model stays loaded: asking for another unloads the rest (one GPU holds one model)."""
-
-    def __init__(self, **options):
-        self.options = options
-        self._engines: dict = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str):
-        with self._lock:
-            if name not in self._engines:
-                from eagle_demo.engine import Engine
-
-                self._engines[name] = Engine(name, **self.options)
-            for other, engine in self._engines.items():
-                if other != name and engine.model is not None:
-                    engine.unload()
-            return self._engines[name]
 
 
 def check_models(models: list[str]) -> str | None:
@@ -105,29 +85,28 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 
 def build(args: argparse.Namespace):
-    """(the Blocks app, its Engines, the keyword arguments for launch()) for parsed flags."""
+    """(the Blocks app, its ModelMenu, the keyword arguments for launch()) for parsed flags."""
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     problem = check_models(models)
     if problem:
         sys.exit(problem)
     limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
-    engines = Engines(device="cuda" if ZERO_GPU else args.device, dtype=args.dtype,
-                      load_8bit=args.load_8bit, limits=limits, attn=args.attn,
-                      use_cuda_graphs=not ZERO_GPU)  # ZeroGPU lends a GPU per call: nothing to capture at start-up
+    menu = ModelMenu(models, max_loaded=args.max_models, device=args.device or ("cuda" if ZERO_GPU else None),
+                     dtype=args.dtype, load_8bit=args.load_8bit, limits=limits, attn=args.attn,
+                     # ZeroGPU lends a GPU per call: there is none to capture graphs on at start-up
+                     use_cuda_graphs=False if ZERO_GPU else None)
     if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call
-        for name in models:
-            engines(name).load()
+        menu.preload()
     keep = int(args.delete_uploads_after * 3600)
-    gpu = spaces.GPU(duration=120) if spaces is not None else (lambda fn: fn)  # seconds of GPU per answer
-    demo = ui.build_app(engines, models, limits=limits, gpu=gpu,
-                        concurrency=args.concurrency, delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
+    demo = ui.build_app(menu, limits=limits, gpu=spaces.GPU if ZERO_GPU else None, concurrency=args.concurrency,
+                        delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
     demo.queue(default_concurrency_limit=args.concurrency)
     # No server-side rendering, no run history: through the SSR server, gradio 6.27-6.31's run-history
     # endpoints let a forged Host header use the host's Hugging Face token (CVE-2026-134825).
     launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=ui.theme(), css=ui.CSS,
                   max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"], ssr_mode=False,
                   run_history=False)
-    return demo, engines, launch
+    return demo, menu, launch
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,14 +114,16 @@ class Engine:
         self._digests = _LRU(1024)  # (path, size, mtime) -> content digest
 
     # ------------------------------------------------------------------ loading
-    def load(self, progress: Callable[[float, str], None] | None = None) -> None:
-        """Load the checkpoint once; later calls return at once. Safe to call from many threads."""
+    def load(self, progress: Callable[[float, str], None] | None = None) -> bool:
+        """Load the checkpoint once; later calls return at once. Safe to call from many threads.
+
+        True when this call loaded it."""
         if self.model is not None:
-            return
+            return False
         report = progress or (lambda fraction, text: None)
         with self._load_lock:
             if self.model is not None:
-                return
+                return False
             from .model import load_eagle2, resolve_checkpoint
 
             try:
@@ -147,6 +149,26 @@ class Engine:
                                          tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
             self.status = f"ready: {self.model_name} on {self.device}"
             report(1.0, self.status)
+            return True
+
+    def weight_bytes(self) -> int:
+        """Bytes the checkpoint's weights take once loaded in this engine's dtype."""
+        from .model import resolve_checkpoint
+        from .model.loading import weight_bytes
+
+        dtype = self.dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
+        return weight_bytes(resolve_checkpoint(self.model_name), dtype)
+
+    def free_memory(self) -> int | None:
+        """Bytes free on this engine's device (None where that cannot be told)."""
+        if self.device.startswith("cuda"):
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        try:
+            with open("/proc/meminfo") as meminfo:
+                return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):
+            return None
 
     def _check_image_token(self, model) -> None:
         expected = model.config.image_token_index

@@ -2,9 +2,10 @@
 conversation export, and a `chat` endpoint for gradio_client.
 
 Declarative Blocks: each event is `fn, inputs, outputs`, chained with `.then`. The conversation
-lives in the Chatbot (each user message holds its files, then its text); the per-request cancel
-flag lives in a gr.State. No model code here: engines come from `get_engine(model_name)` and
-only the engine module's `Message` is imported, when the first request arrives.
+lives in the Chatbot (each user message holds its files, then its text). No model code here:
+engines come from the ModelMenu, and only the engine module's `Message` is imported, when the
+first request arrives. The model side of an answer (`answer_updates`) takes and yields plain
+data, so that on ZeroGPU it can run in the GPU worker; Stop closes the handler's generator.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import queue
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,6 +27,7 @@ import gradio as gr
 
 from . import grounding, media
 from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, GenerationSettings, Limits
+from .models import LoadError, ModelMenu, short_name
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,17 @@ def _parts(message: dict) -> tuple[str, list[str]]:
     return "\n".join(t for t in texts if t), files
 
 
+def _answer_text(message: dict) -> str:
+    """An answer's own text: its first text part (a footer may follow it)."""
+    content = message.get("content")
+    for item in content if isinstance(content, list) else [content]:
+        if isinstance(item, str):
+            return item
+        if isinstance(item, dict) and item.get("type") == "text":
+            return item.get("text") or ""
+    return ""
+
+
 def _is_video(path: str) -> bool:
     return (mimetypes.guess_type(path)[0] or "").startswith("video/")
 
@@ -89,10 +103,15 @@ def user_message(text: str, images: list[str], video: str | None) -> dict:
     return {"role": "user", "content": [*files, *([{"type": "text", "text": text}] if text else [])]}
 
 
-def answer_message(text: str, annotated: str | None = None) -> dict:
+def answer_message(text: str, annotated: str | None = None, footer: str | None = None) -> dict:
+    """An answer bubble: the model's text, its drawing, and a small line saying which model wrote it.
+    Only the first text part is the answer (see `conversation`); the footer is in `metadata` too."""
     # a text *part* keeps the model's text as it is (a bare string would be dedented by gradio)
-    return {"role": "assistant",
-            "content": [{"type": "text", "text": text}, *([{"path": annotated}] if annotated else [])]}
+    content = [{"type": "text", "text": text}, *([{"path": annotated}] if annotated else [])]
+    if not footer:
+        return {"role": "assistant", "content": content}
+    return {"role": "assistant", "content": [*content, {"type": "text", "text": f"<sub>{footer}</sub>"}],
+            "metadata": {"log": footer}}
 
 
 def error_message(text: str) -> dict:
@@ -113,8 +132,8 @@ def conversation(history: list[dict]) -> list[dict]:
             videos = [f for f in files if _is_video(f)]
             out.append({"role": "user", "text": text, "images": [f for f in files if not _is_video(f)],
                         "video": videos[-1] if videos else None})
-        elif message["role"] == "assistant":  # files in answers are our own drawings
-            out.append({"role": "assistant", "text": text, "images": [], "video": None})
+        elif message["role"] == "assistant":  # files in answers are our own drawings, the footer is ours
+            out.append({"role": "assistant", "text": _answer_text(message), "images": [], "video": None})
     return out
 
 
@@ -135,34 +154,43 @@ def engine_messages(turns: list[dict]) -> list:
 _DONE = object()
 
 
-def decode_on_own_thread(generation, cancel: threading.Event) -> Iterator[str]:
-    """Yield `generation`'s text deltas, iterating it on one thread of its own.
+def on_own_thread(work: Callable[[Callable[[Any], None], threading.Event], None]) -> Iterator:
+    """Yield what `work(emit, cancel)` emits, running it on one thread of its own.
 
-    The decode loop then never waits on gradio: Stop sets `cancel` and the loop ends after its
-    current token (freeing the engine) even while gradio holds this handler suspended; closing
-    this generator (a client's cancel) sets `cancel` too.
+    The work (loading, decoding) then never waits on gradio. Closing this generator (Stop, a
+    client's cancel, ZeroGPU's stop at the next yield) sets `cancel`, and the decode loop ends after
+    its current token, freeing the engine.
     """
-    deltas: queue.Queue = queue.Queue()
+    items: queue.Queue = queue.Queue()
+    cancel = threading.Event()
 
     def run():
         try:
-            for delta in generation:
-                deltas.put(delta)
+            work(items.put, cancel)
         except BaseException as e:  # handed to the consumer, who raises it
-            deltas.put(e)
+            items.put(e)
         finally:
-            deltas.put(_DONE)
+            items.put(_DONE)
 
     worker = threading.Thread(target=run, name="eagle2-decode", daemon=True)
     worker.start()
     try:
-        while (item := deltas.get()) is not _DONE:
+        while (item := items.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
         cancel.set()
         worker.join(timeout=30)  # the engine stops after the token it is on
+
+
+@dataclass
+class AnswerUpdate:
+    """What the model side streams (pickled across ZeroGPU's worker): the answer so far, or a status."""
+
+    text: str = ""
+    status: str | None = None
+    stats: dict | None = None  # with the last update
 
 
 def settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
@@ -209,11 +237,6 @@ def export_json(history: list[dict], model: str, system: str, settings: Generati
 
 
 # ----------------------------------------------------------------------------- the app
-def short_name(model: str) -> str:
-    """A hub id as it is; a local checkpoint by its folder name."""
-    return Path(model).name if Path(model).exists() else model
-
-
 def load_hint(model: str) -> str:
     if Path(model).exists():
         return ""
@@ -231,71 +254,107 @@ def limits_markdown(limits: Limits) -> str:
             f"are lowered to fit)")
 
 
-def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limits = LIMITS,
-              gpu: Callable[[Callable], Callable] = lambda fn: fn, concurrency: int = 1,
-              delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
-    """The Blocks app. `get_engine(name)` gives the (lazily loading) Engine for a model name;
-    `gpu` wraps the functions that run the model (`spaces.GPU` on ZeroGPU)."""
-    generated: set[str] = set()  # drawings and exports: deleted with the uploads (see delete_cache below)
+def model_failure(what: str) -> str:
+    """A message for an unexpected server-side failure: its details go to the log under a reference."""
+    reference = uuid.uuid4().hex[:8]
+    log.exception("%s (reference %s)", what, reference)
+    return f"Something went wrong on the server (reference {reference}). Try again, or Clear the chat."
 
-    def engine_for(model: str):
+
+def answer_footer(model: str, stats: dict) -> str:
+    """The line under an answer: which model wrote it, and how fast."""
+    parts = [short_name(model), f"{stats['tokens']} tokens"]
+    if stats.get("ttft_s") is not None:
+        parts.append(f"{stats['ttft_s']:.1f} s to first token")
+    if stats.get("tokens_per_s"):
+        parts.append(f"{stats['tokens_per_s']:.0f} tokens/s")
+    return " · ".join(parts)
+
+
+def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = None, concurrency: int = 1,
+              delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+    """The Blocks app over the models of `menu`. `gpu` is `spaces.GPU` on ZeroGPU: it runs the model
+    side of each answer in its GPU worker, so what crosses into it is plain picklable data."""
+    generated: set[str] = set()  # drawings and exports: deleted with the uploads (see delete_cache below)
+    models = menu.names
+
+    def checked_model(model: str | None) -> str:
+        if model is None:
+            return models[0]
         if model not in models:  # never load whatever a client names
             raise gr.Error(f"Unknown model {model!r}; this app serves {', '.join(models)}.", print_exception=False)
-        return get_engine(model)
+        return model
 
     def status(model: str) -> str:
-        text = engine_for(model).status.replace(model, short_name(model))
-        if text == "not loaded":
-            text += " (it loads with the first message)"
-        return f"**Model** {short_name(model)} · {text}"
+        return f"**Model** {short_name(model)} · {menu.status(model)}"
 
     def add_message(text: str, images, video, history: list[dict]):
         images = [item[0] for item in images or []]
         if not (text.strip() or images or video):
             gr.Warning("Type a question, or add an image or a video.")
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return history + [user_message(text, images, video)], "", None, None, threading.Event()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return history + [user_message(text, images, video)], "", None, None
 
-    @gpu
-    def respond(history: list[dict], cancel: threading.Event | None, model: str, system: str,
-                max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed,
-                progress=gr.Progress()) -> Iterator[tuple[list[dict], str]]:
+    def answer_updates(turns: list[dict], model: str, system: str,
+                       settings: GenerationSettings) -> Iterator[AnswerUpdate]:
+        """The model side of an answer (in ZeroGPU's worker there): load if needed, then stream.
+        Every failure leaves as a gr.Error whose message is meant for the user."""
+        def work(emit, cancel):
+            with menu.use(model, lambda fraction, text: emit(AnswerUpdate(status=text))) as engine:
+                emit(AnswerUpdate(status=menu.status(model)))
+                generation = engine.chat(engine_messages(turns), system, settings, cancel=cancel)
+                text = ""
+                for delta in generation:
+                    text += delta
+                    emit(AnswerUpdate(text=text))
+                emit(AnswerUpdate(text=text, stats={
+                    "model": short_name(model), "tokens": len(generation.token_ids),
+                    "ttft_s": generation.timings.get("ttft_s"),
+                    "tokens_per_s": generation.timings.get("decode_tokens_per_s"),
+                    "tiles": sum(generation.num_tiles), "reused_tokens": generation.timings.get("reused_tokens"),
+                    "finish_reason": generation.finish_reason}))
+
+        try:
+            yield from on_own_thread(work)
+        except LoadError as e:
+            log.warning("%s", e)
+            raise gr.Error(f"{e}{load_hint(model)}", print_exception=False) from None
+        except ValueError as e:  # MediaError / PromptError / a checkpoint that cannot load: the user can act
+            raise gr.Error(hide_paths(str(e), turns), print_exception=False) from None
+        except Exception:
+            raise gr.Error(model_failure(f"answering with {short_name(model)} failed"), print_exception=False) from None
+
+    if gpu is not None:  # ZeroGPU asks up front for the seconds of GPU an answer may take
+        answer_updates = gpu(duration=lambda turns, model, system, settings: menu.gpu_seconds(
+            model, settings.max_new_tokens, sum(len(t["images"]) + bool(t["video"]) for t in turns)))(answer_updates)
+
+    def respond(history: list[dict], model: str, system: str, max_tiles, num_frames, temperature, top_p,
+                max_new_tokens, repetition_penalty, top_k, seed) -> Iterator[tuple[list[dict], str]]:
         if not history or history[-1]["role"] != "user" or _is_error(history[-1]):
             return  # nothing asked (an empty message, or Retry with nothing to retry)
-        cancel = cancel or threading.Event()
-        engine = engine_for(model)
         turns = conversation(history)
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
-        text = ""
+        updates = answer_updates(turns, model, system, settings)
+        text, stats = "", None
         try:
-            try:
-                engine.load(lambda fraction, desc: progress(fraction, desc=desc))
-            except Exception as e:
-                log.warning("loading %s failed: %s", model, e)
-                yield history + [error_message(f"Could not load **{model}**: {e}{load_hint(model)}")], status(model)
-                return
-            yield history, status(model)
-            generation = engine.chat(engine_messages(turns), system, settings, cancel=cancel)
-            for delta in decode_on_own_thread(generation, cancel):
-                text += delta
-                yield history + [answer_message(text)], status(model)
-        except ValueError as e:  # MediaError / PromptError: something the user can change
-            yield history + [error_message(hide_paths(str(e), turns))], status(model)
-            return
-        except Exception as e:
-            log.exception("generation failed")
+            for update in updates:
+                if update.status:
+                    yield history, f"**Model** {short_name(model)} · {update.status}"
+                    continue
+                text, stats = update.text, update.stats or stats
+                yield history + [answer_message(text)], gr.skip()
+        except gr.Error as e:
             kept = [answer_message(text)] if text else []
-            yield history + kept + [error_message(f"The model failed: {e}. Try again, or Clear.")], status(model)
+            yield history + kept + [error_message(e.message)], status(model)
             return
         finally:
-            cancel.set()
+            updates.close()  # stops the decode (in ZeroGPU's worker: at its next yield)
         drawn = annotate(text, turns)
         if drawn:
             generated.add(drawn)
-        yield history + [answer_message(text, drawn)], status(model)
+        yield history + [answer_message(text, drawn, answer_footer(model, stats) if stats else None)], status(model)
 
-    @gpu
     def chat_api(message: str, images: list[str] | None = None, video: str | None = None,
                  history: list[dict] | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
                  max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
@@ -313,33 +372,22 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         turns.append({"role": "user", "text": message or "", "images": list(images or []), "video": video})
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
-        name = model or models[0]
-        engine = engine_for(name)
+        updates = answer_updates(turns, checked_model(model), system, settings)
+        text = ""
         try:
-            engine.load()
-        except Exception as e:
-            log.warning("loading %s failed: %s", name, e)
-            raise gr.Error(f"Could not load {name}: {e}{load_hint(name)}", print_exception=False) from e
-        cancel, text = threading.Event(), ""
-        try:
-            generation = engine.chat(engine_messages(turns), system, settings, cancel=cancel)
-            for delta in decode_on_own_thread(generation, cancel):
-                text += delta
-                yield text
-        except ValueError as e:  # MediaError / PromptError
-            raise gr.Error(hide_paths(str(e), turns), print_exception=False) from e
-        except Exception as e:
-            log.exception("generation failed")
-            raise gr.Error(f"The model failed: {e}") from e
+            for update in updates:
+                if not update.status and update.text != text:
+                    text = update.text
+                    yield text
         finally:
-            cancel.set()
+            updates.close()
         if not text:
             yield text
 
     def retry(history: list[dict]):
         while history and history[-1]["role"] == "assistant":
             history = history[:-1]
-        return history, threading.Event()
+        return history
 
     def undo(history: list[dict]):
         """Remove the last question and its answer; put the question back in the inputs."""
@@ -351,10 +399,6 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         images = [f for f in files if not _is_video(f)]
         video = next((f for f in files if _is_video(f)), None)
         return history[:-1], text, images or None, video
-
-    def stop(cancel: threading.Event | None):
-        if cancel is not None:
-            cancel.set()
 
     def export(history: list[dict], model: str = models[0], system: str = DEFAULT_SYSTEM_PROMPT,
                max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
@@ -381,7 +425,6 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
                     "NVIDIA's Eagle2 vision-language models, running natively (no remote code). "
                     "Add images or a video, ask a question, and watch the answer stream in. "
                     "Answers with `<ref>…</ref><box>…</box>` get their boxes drawn on the image.")
-        cancel_flag = gr.State(None)
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
                 chatbot = gr.Chatbot(elem_id="chat", label="Chat", height="55vh", min_height=300,
@@ -441,16 +484,16 @@ def build_app(get_engine: Callable[[str], Any], models: list[str], limits: Limit
         model_queue = dict(concurrency_id="model", concurrency_limit=concurrency)
 
         def chain_respond(event):
-            return event.then(respond, [chatbot, cancel_flag, model, system, *knobs], [chatbot, status_md],
+            return event.then(respond, [chatbot, model, system, *knobs], [chatbot, status_md],
                               api_visibility="undocumented", show_progress="minimal", **model_queue)
 
-        asked = textbox.submit(add_message, [textbox, gallery, video, chatbot],
-                               [chatbot, textbox, gallery, video, cancel_flag], queue=False, api_visibility="private")
+        asked = textbox.submit(add_message, [textbox, gallery, video, chatbot], [chatbot, textbox, gallery, video],
+                               queue=False, api_visibility="private")
         answered = chain_respond(asked)
-        retried = chain_respond(retry_btn.click(retry, chatbot, [chatbot, cancel_flag], queue=False,
-                                                api_visibility="private"))
+        retried = chain_respond(retry_btn.click(retry, chatbot, chatbot, queue=False, api_visibility="private"))
         generating = [answered, retried]
-        stopped = stop_btn.click(stop, cancel_flag, None, cancels=generating, queue=False, api_visibility="private")
+        # gradio closes the running handler: its generator's exit stops the decode
+        stopped = stop_btn.click(None, None, None, cancels=generating, queue=False, api_visibility="private")
         undone = undo_btn.click(undo, chatbot, [chatbot, textbox, gallery, video], cancels=generating, queue=False,
                                 api_visibility="private")
         clear_btn.click(lambda: ([], None), None, [chatbot, export_btn], cancels=generating, queue=False,

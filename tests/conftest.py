@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +78,8 @@ def app_server(tiny_checkpoint):
     import app
 
     port = free_port()
-    demo, engines, launch = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--port", str(port)]))
-    engine = engines(str(tiny_checkpoint))
+    demo, menu, launch = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--port", str(port)]))
+    engine = menu.engine(str(tiny_checkpoint))
     engine.load()
     recorder = Recorder(engine)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch)
@@ -122,3 +125,31 @@ def threads_left_behind(before: set[threading.Thread], timeout: float = 15.0) ->
         if not left or time.monotonic() > end:
             return left
         time.sleep(0.1)
+
+
+def serve_app(args: list[str], env: dict | None = None):
+    """`python app.py ARGS` on a free loopback port, in a process of its own: (process, url)."""
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_serving(proc, url: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not serving after {timeout} s")
+
+
+def stop_app(proc) -> str:
+    """Stop a `serve_app` process and everything it started (e.g. forked workers); its output."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    return proc.communicate(timeout=30)[0]

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from tests.conftest import ASSETS, ROOT, free_port, stream
+from tests.conftest import ASSETS, ROOT, serve_app, stream, wait_until_serving
 
 def test_chat_history_becomes_the_models_conversation():
     from eagle_demo import ui
@@ -166,36 +163,15 @@ def test_api_is_documented_as_chat(client):
                       "top_p", "max_new_tokens", "repetition_penalty", "top_k", "seed", "model"]
 
 
-def _serve(args: list[str], env: dict | None = None):
-    port = free_port()
-    cmd = [sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
-    return proc, f"http://127.0.0.1:{port}/"
-
-
-def _wait_until_serving(proc, url: str, timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not serving after {timeout} s")
-
-
 def test_python_app_py_serves_within_seconds_and_explains_offline_hub_models(tiny_checkpoint, tmp_path):
     """`python app.py --model <tiny>,<hub id>` with no network: serves fast, and the hub model's
     first request says how to use a local checkpoint instead of failing with a traceback."""
     from gradio_client import Client
 
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty hub cache
-    proc, url = _serve(["--model", f"{tiny_checkpoint},nvidia/Eagle2-1B"], env)
+    proc, url = serve_app(["--model", f"{tiny_checkpoint},nvidia/Eagle2-1B"], env)
     try:
-        seconds = _wait_until_serving(proc, url, 60)
+        seconds = wait_until_serving(proc, url, 60)
         print(f"python app.py served after {seconds:.1f} s")
         assert seconds < 20
         client = Client(url, verbose=False, analytics_enabled=False)
@@ -211,7 +187,7 @@ def test_python_app_py_serves_within_seconds_and_explains_offline_hub_models(tin
 
 
 def test_python_app_py_refuses_a_missing_folder_without_a_traceback(tmp_path):
-    proc, _ = _serve(["--model", str(tmp_path / "no-such-checkpoint")])
+    proc, _ = serve_app(["--model", str(tmp_path / "no-such-checkpoint")])
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode != 0
     assert "not a checkpoint folder" in out and "python -m eagle_demo tiny" in out

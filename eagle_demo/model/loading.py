@@ -10,6 +10,7 @@ A tower's `head.*` (SigLIP pooling head, ConvNeXt classifier) is never used and 
 from __future__ import annotations
 
 import json
+import math
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def weight_files(path: Path) -> list[Path]:
         return [path / "model.safetensors"]
     raise CheckpointError(f"{path} has neither model.safetensors nor model.safetensors.index.json "
                           "(only safetensors weights are read)")
+
+
+def weight_bytes(path: Path, dtype: torch.dtype) -> int:
+    """Bytes of a checkpoint's tensors once loaded as `dtype`, from the safetensors headers alone."""
+    numel = 0
+    for file in weight_files(path):
+        with safe_open(file, framework="pt") as handle:
+            for key in handle.keys():
+                numel += math.prod(handle.get_slice(key).get_shape())
+    return numel * dtype.itemsize
 
 
 def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None = None,

@@ -1,0 +1,128 @@
+"""The models an app serves, and the one policy for keeping them loaded.
+
+- A model loads only when an answer needs it; showing a status never loads or unloads anything.
+- Models stay loaded while they fit: before one loads, idle models are unloaded, least recently
+  used first, until its weights fit in the device's free memory (or under `max_loaded` models).
+- A model answering a request is never unloaded: a load that needs its memory waits until it is idle.
+- Several models may load at the same time (loading builds on the meta device, per thread).
+
+No torch at import (the engine module, and torch with it, load with the first model).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+# Room a model needs beyond its weights: the KV cache, activations, the vision tower's work.
+HEADROOM = 1.3
+
+
+def short_name(model: str) -> str:
+    """The name users see: a hub id's model name, a local checkpoint's folder name."""
+    return Path(model.rstrip("/")).name or model
+
+
+class LoadError(Exception):
+    """A model that cannot load as configured (not found, offline, a missing package); the message
+    is meant for the user."""
+
+
+class ModelMenu:
+    """One Engine per model name, made on first use; loads, unloads and counts them."""
+
+    def __init__(self, names: list[str], max_loaded: int = 0, **engine_options):
+        self.names = list(names)
+        self.max_loaded = max_loaded  # 0: as many as fit in memory
+        self.engine_options = engine_options
+        self.loads: Counter = Counter()  # model name -> times loaded
+        self.unloads: Counter = Counter()
+        self._engines: dict = {}
+        self._busy: Counter = Counter()  # model name -> answers using it now
+        self._last_used: dict[str, float] = {}
+        self._changed = threading.Condition()
+
+    def engine(self, name: str):
+        """The Engine of a served model (made, not loaded)."""
+        if name not in self.names:
+            raise KeyError(name)
+        with self._changed:
+            if name not in self._engines:
+                from .engine import Engine
+
+                self._engines[name] = Engine(name, **self.engine_options)
+            return self._engines[name]
+
+    def loaded(self) -> list[str]:
+        return [name for name, engine in self._engines.items() if engine.model is not None]
+
+    def status(self, name: str) -> str:
+        """The model's state in words; never loads anything."""
+        engine = self._engines.get(name)
+        if engine is None or engine.status == "not loaded":
+            return "not loaded (it loads with the first message)"
+        return engine.status.replace(name, short_name(name))
+
+    def gpu_seconds(self, name: str, max_new_tokens: int, visuals: int) -> int:
+        """Seconds of GPU to ask ZeroGPU for an answer (it queues shorter requests first and checks
+        them against the user's quota): 10 s for the prefill, a second per image or video, and the
+        decode of every token allowed at a pace set by the weights (memory-bound, ~1 TB/s, plus 10 ms)."""
+        per_token = 0.01 + self.engine(name).weight_bytes() / 1e12
+        return min(120, math.ceil(10 + visuals + max_new_tokens * per_token))
+
+    def preload(self) -> None:
+        """Load every model now, with no memory check (ZeroGPU: models must be on CUDA at start-up,
+        before any GPU memory can be measured)."""
+        for name in self.names:
+            if self.engine(name).load():
+                self.loads[name] += 1
+
+    @contextmanager
+    def use(self, name: str, progress: Callable[[float, str], None] | None = None) -> Iterator:
+        """The loaded Engine of `name`, kept loaded until the block ends."""
+        engine = self.engine(name)
+        with self._changed:
+            self._busy[name] += 1
+        try:
+            if engine.model is None:
+                try:
+                    self._make_room(name, engine)  # reads the checkpoint's size (downloading it if needed)
+                    loaded = engine.load(progress)
+                except ValueError as e:  # CheckpointError and the loader's other checks
+                    raise LoadError(f"Could not load {short_name(name)}: {str(e).replace(name, short_name(name))}") from e
+                if loaded:
+                    self.loads[name] += 1
+            yield engine
+        finally:
+            with self._changed:
+                self._busy[name] -= 1
+                self._last_used[name] = time.monotonic()
+                self._changed.notify_all()
+
+    def _make_room(self, name: str, engine) -> None:
+        if not [n for n in self.loaded() if n != name]:
+            return
+        need = 0 if self.max_loaded else engine.weight_bytes() * HEADROOM
+        with self._changed:
+            while True:
+                others = [n for n in self.loaded() if n != name]
+                if not others or self._fits(len(others), need, engine):
+                    return
+                idle = [n for n in others if not self._busy[n]]
+                if not idle:  # everything else is answering: wait for one to finish
+                    self._changed.wait(timeout=1.0)
+                    continue
+                oldest = min(idle, key=lambda n: self._last_used.get(n, 0.0))
+                self._engines[oldest].unload()
+                self.unloads[oldest] += 1
+
+    def _fits(self, loaded: int, need: float, engine) -> bool:
+        if self.max_loaded:
+            return loaded < self.max_loaded
+        free = engine.free_memory()
+        return free is not None and need <= free  # unknown free memory: keep one model
