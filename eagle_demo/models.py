@@ -44,6 +44,7 @@ class ModelMenu:
         self.unloads: Counter = Counter()
         self._engines: dict = {}
         self._busy: Counter = Counter()  # model name -> answers using it now
+        self._loading: set[str] = set()
         self._last_used: dict[str, float] = {}
         self._changed = threading.Condition()
 
@@ -95,6 +96,9 @@ class ModelMenu:
                     loaded = engine.load(progress)
                 except ValueError as e:  # CheckpointError and the loader's other checks
                     raise LoadError(f"Could not load {short_name(name)}: {str(e).replace(name, short_name(name))}") from e
+                finally:
+                    with self._changed:
+                        self._loading.discard(name)
                 if loaded:
                     self.loads[name] += 1
             yield engine
@@ -105,21 +109,30 @@ class ModelMenu:
                 self._changed.notify_all()
 
     def _make_room(self, name: str, engine) -> None:
-        if not [n for n in self.loaded() if n != name]:
-            return
-        need = 0 if self.max_loaded else engine.weight_bytes() * HEADROOM
+        """Unload idle models until `name` fits, then count it as loading (it takes its room now)."""
+        need = None
         with self._changed:
             while True:
-                others = [n for n in self.loaded() if n != name]
-                if not others or self._fits(len(others), need, engine):
-                    return
-                idle = [n for n in others if not self._busy[n]]
-                if not idle:  # everything else is answering: wait for one to finish
+                others = [n for n in {*self.loaded(), *self._loading} if n != name]
+                if not others:
+                    break
+                if need is None and not self.max_loaded:
+                    self._changed.release()  # reading the size may download the checkpoint
+                    try:
+                        need = engine.weight_bytes() * HEADROOM
+                    finally:
+                        self._changed.acquire()
+                    continue
+                if self._fits(len(others), need, engine):
+                    break
+                idle = [n for n in others if not self._busy[n] and n not in self._loading]
+                if not idle:  # everything else is answering or loading: wait for one to finish
                     self._changed.wait(timeout=1.0)
                     continue
                 oldest = min(idle, key=lambda n: self._last_used.get(n, 0.0))
                 self._engines[oldest].unload()
                 self.unloads[oldest] += 1
+            self._loading.add(name)
 
     def _fits(self, loaded: int, need: float, engine) -> bool:
         if self.max_loaded:

@@ -7,6 +7,7 @@ from the model config and are passed in by the caller.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -215,13 +216,17 @@ class PromptTokens:
         return cls(**ids)
 
 
+_TRANSFORMERS_IMPORT = threading.Lock()
+
+
 def load_tokenizer(path: str | Path):
     """The checkpoint's Qwen2 tokenizer (vocab.json + merges.txt + added tokens), offline.
 
     Named directly, not through AutoTokenizer: that reads the checkpoint's config.json, whose
     auto_map names remote code, and asks on stdin whether to run it.
     """
-    from transformers import Qwen2Tokenizer  # slow import, only needed here
+    with _TRANSFORMERS_IMPORT:  # transformers' lazy attributes fail when two threads import one at once
+        from transformers import Qwen2Tokenizer  # slow import, only needed here
 
     return Qwen2Tokenizer.from_pretrained(str(path), local_files_only=True)
 
