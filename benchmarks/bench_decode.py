@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (QUESTION, checkpoint, default_device, emit, transformers_twin,  # noqa: E402
-                               twelve_tile_image)
+from benchmarks.common import QUESTION, checkpoint, default_device, emit, transformers_twin, twelve_tile_image  # noqa: E402
 from eagle_demo.config import GenerationSettings  # noqa: E402
 from eagle_demo.engine import Engine, Message  # noqa: E402
 
@@ -66,7 +65,6 @@ def generate_baseline(engine: Engine, gen, new_tokens: int) -> tuple[float, list
     timed(2)  # warm-up
     first, _ = timed(1)
     total, ids = timed(new_tokens)
-    del hf
     return (new_tokens - 1) / (total - first), ids
 
 

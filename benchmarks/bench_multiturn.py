@@ -57,7 +57,8 @@ def main() -> None:
         reused.append(warm.timings["ttft_s"])
         engine.clear_caches()
         cold = first_token(engine, follow_up)
-        emit(stage="full_reprefill", ttft_s=round(cold.timings["ttft_s"], 4), prefill_tokens=cold.timings["prefill_tokens"])
+        emit(stage="full_reprefill", ttft_s=round(cold.timings["ttft_s"], 4),
+             prefill_tokens=cold.timings["prefill_tokens"])
         full.append(cold.timings["ttft_s"])
         assert warm.token_ids == cold.token_ids, "KV reuse changed the greedy answer"
 

@@ -37,7 +37,7 @@ def twelve_tile_image(folder: Path) -> str:
     return str(path)
 
 
-def transformers_twin(lm) -> "Qwen2ForCausalLM":
+def transformers_twin(lm):
     """transformers' own Qwen2ForCausalLM holding the same weights as our Qwen2LM `lm`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -106,7 +106,8 @@ def size_check(size: str, path: Path, image: str, args) -> dict:
     fields = {"size": size, "load_s": round(time.perf_counter() - start, 2), "cuda_graphs": bool(engine.decoder.graphs)}
     engine_run(engine, image, 8)  # warm-up
     captured = greedy_turn(engine, image, args.new_tokens)
-    fields.update(captured["fields"], bare_loop_tokens_per_s=round(bare_loop(engine, captured["gen"], args.new_tokens), 1))
+    fields.update(captured["fields"])
+    fields["bare_loop_tokens_per_s"] = round(bare_loop(engine, captured["gen"], args.new_tokens), 1)
     generate_tps, _ = generate_baseline(engine, captured["gen"], args.new_tokens)
     fields["generate_tokens_per_s"] = round(generate_tps, 1)
     if cuda:

@@ -15,9 +15,9 @@ import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 # Room a model needs beyond its weights: the KV cache, activations, the vision tower's work.
 HEADROOM = 1.3
@@ -95,7 +95,8 @@ class ModelMenu:
                     self._make_room(name, engine)  # reads the checkpoint's size (downloading it if needed)
                     loaded = engine.load(progress)
                 except ValueError as e:  # CheckpointError and the loader's other checks
-                    raise LoadError(f"Could not load {short_name(name)}: {str(e).replace(name, short_name(name))}") from e
+                    reason = str(e).replace(name, short_name(name))
+                    raise LoadError(f"Could not load {short_name(name)}: {reason}") from e
                 finally:
                     with self._changed:
                         self._loading.discard(name)

@@ -13,6 +13,7 @@ from gradio_client.exceptions import AppError
 
 from tests.conftest import ASSETS, ROOT, serve_app, stream, wait_until_serving
 
+
 def test_chat_history_becomes_the_models_conversation():
     from eagle_demo import ui
 
@@ -92,7 +93,9 @@ def test_cancel_stops_the_decode_loop_within_a_couple_of_tokens(client, app_serv
     seconds = time.monotonic() - start
     at_return = len(generation.token_ids)
 
-    def settled(last=[-1, 0.0]):  # the token count has not moved for 0.3 s
+    last = [-1, 0.0]
+
+    def settled():  # the token count has not moved for 0.3 s
         n, now = len(generation.token_ids), time.monotonic()
         if n != last[0]:
             last[:] = [n, now]
@@ -142,7 +145,8 @@ def test_export_holds_the_conversation_and_settings(client):
     image = handle_file(str(ASSETS / "chart.png"))
     answer = client.predict("What does the chart show?", [image], **FAST, api_name="/chat")
     history = [
-        {"role": "user", "content": [{"type": "file", "file": image}, {"type": "text", "text": "What does the chart show?"}]},
+        {"role": "user",
+         "content": [{"type": "file", "file": image}, {"type": "text", "text": "What does the chart show?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": answer}]},
     ]
     path = client.predict(history, api_name="/export")

@@ -14,8 +14,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.test_browser import CHROMIUM, ask, browser  # noqa: F401 - browser is a fixture
 from tests.conftest import ARTIFACTS, ASSETS, ROOT, serve_app, stop_app, stream, wait_until_serving
+from tests.test_browser import CHROMIUM, ask, browser  # noqa: F401, F811 - browser is a fixture
 
 GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0, max_tiles=2, num_frames=4, repetition_penalty=1.0)
 KNOBS = ["max_tiles", "num_frames", "temperature", "top_p", "max_new_tokens", "repetition_penalty", "top_k", "seed"]
@@ -108,7 +108,7 @@ def test_stop_ends_the_answer_in_the_worker_and_retry_answers_again(zero_gpu_app
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
-def test_the_page_chats_through_the_worker(zero_gpu_app, browser):
+def test_the_page_chats_through_the_worker(zero_gpu_app, browser):  # noqa: F811 - the fixture
     client, log, _ = zero_gpu_app
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(30_000)
@@ -121,3 +121,14 @@ def test_the_page_chats_through_the_worker(zero_gpu_app, browser):
         page.screenshot(path=str(ARTIFACTS / "zerogpu-chat.png"))
     finally:
         page.close()
+
+
+def test_the_space_front_matter_fits_zero_gpu():
+    """ZeroGPU runs Python 3.10.13 or 3.12.12 and transformers 5 needs 3.11+; the weights of every
+    model the Space lists are fetched at build time, not inside the first user's request."""
+    front = (ROOT / "README.md").read_text(encoding="utf-8").split("---\n")[1]
+    assert 'python_version: "3.12"' in front
+    listed = front.split("models:\n")[1].split("preload_from_hub:\n")
+    models, preloaded = ([line.strip("- ").strip() for line in part.splitlines() if line.startswith("  - ")]
+                         for part in listed)
+    assert models and set(models) <= set(preloaded)
