@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -151,18 +152,24 @@ def second_device_check(path: Path, args) -> dict:
 
 
 def out_of_memory_check(path: Path, image: str, args) -> dict:
-    """Cap the process's GPU memory just above the loaded model, then ask for 8 images of 12 tiles
-    (about 100 tiles through the vision tower at once), 20 times, each followed by a plain answer."""
+    """Cap the process's GPU memory just above the loaded model, then ask about 8 different images
+    of 12 tiles (104 tiles through the vision tower at once), 20 times, each followed by a plain answer."""
     if not args.device.startswith("cuda"):
         raise Skipped("out-of-memory needs CUDA")
+    images = []
+    for i in range(8):  # distinct files: the engine encodes an image it has seen once only
+        img = Image.open(image).convert("RGB")
+        img.putpixel((i, 0), (i, 255 - i, 0))
+        images.append(str(Path(image).with_name(f"oom-{i}.png")))
+        img.save(images[-1])
     engine = new_engine(path, args.device, limits=Limits(context_tokens=32768))
     total = torch.cuda.get_device_properties(args.device).total_memory
-    cap = (torch.cuda.memory_allocated(args.device) + (1 << 30)) / total
+    cap = (torch.cuda.memory_allocated(args.device) + (256 << 20)) / total
     torch.cuda.set_per_process_memory_fraction(cap, args.device)
     messages, normal = [], 0
     try:
         for _ in range(OOM_REQUESTS):
-            gen = engine.chat([Message("user", "Compare these.", images=[image] * 8)], "",
+            gen = engine.chat([Message("user", "Compare these.", images=images)], "",
                               GenerationSettings(max_tiles=12, max_new_tokens=4))
             try:
                 list(gen)

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 def _generate(args) -> int:
     from .engine import Engine, Message
 
-    settings = GenerationSettings(
+    settings = GenerationSettings.checked(
         max_tiles=args.max_tiles, num_frames=args.frames, temperature=args.temperature, top_p=args.top_p,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
         seed=args.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -13,7 +14,9 @@ class Limits:
     max_image_pixels: int = 40_000_000  # larger images are refused (decompression bombs)
     max_image_side: int = 20_000
     max_images_per_conversation: int = 16  # images and videos together
-    max_video_frames: int = 64
+    # 56 frames of 256 tokens (plus their 'Frame i sampled at t seconds:' lines) leave room in the
+    # 16,384-token context for the question and an answer; 60 to 64 could never fit
+    max_video_frames: int = 56
     max_video_pixels: int = 8_500_000  # per frame: 4K (3840x2160) fits, 8K does not
     max_video_seconds: float = 4 * 3600.0
     max_prompt_chars: int = 8_000  # one message, and the system prompt
@@ -27,18 +30,72 @@ class Limits:
 LIMITS = Limits()
 
 
+class SettingsError(ValueError):
+    """A generation setting that is out of range or not a number; the message names it."""
+
+
+@dataclass(frozen=True)
+class SettingRange:
+    label: str  # as the UI names it
+    low: float
+    high: float
+    whole: bool  # a whole number
+
+
+# What a client may ask for: the UI's sliders, the `chat` endpoint and the CLI all take these.
+SETTING_RANGES = {
+    "max_tiles": SettingRange("Max tiles per image", 1, 24, True),
+    "num_frames": SettingRange("Video frames", 1, LIMITS.max_video_frames, True),
+    "temperature": SettingRange("Temperature", 0.0, 1.5, False),
+    "top_p": SettingRange("Top-p", 0.05, 1.0, False),
+    "top_k": SettingRange("Top-k", 0, 200, True),
+    "max_new_tokens": SettingRange("Max new tokens", 1, 4096, True),
+    "repetition_penalty": SettingRange("Repetition penalty", 1.0, 2.0, False),
+    "seed": SettingRange("Seed", 0, 2**63 - 1, True),
+}
+# Below this (and above 0, which is greedy) dividing the logits by the temperature overflows.
+MIN_TEMPERATURE = 0.01
+
+
 @dataclass
 class GenerationSettings:
     """Per-request knobs; the defaults are the app's and the CLI's."""
 
-    max_tiles: int = 12  # per image, 1..24
-    num_frames: int = 8  # per video, 1..64
+    max_tiles: int = 12  # per image
+    num_frames: int = 8  # per video
     temperature: float = 0.2  # 0 means greedy
     top_p: float = 0.7
     top_k: int = 50  # 0 disables it
     max_new_tokens: int = 1024
     repetition_penalty: float = 1.1
     seed: int | None = None  # fixes sampling, for reproducible answers
+
+    @classmethod
+    def checked(cls, **values) -> GenerationSettings:
+        """Settings from a client's values: each a finite number within SETTING_RANGES (a missing or
+        None value takes the default). Raises SettingsError naming the first one that is not."""
+        defaults = cls()
+        settings = {}
+        for name, limits in SETTING_RANGES.items():
+            value = values.get(name)
+            settings[name] = getattr(defaults, name) if value is None else _checked(value, limits)
+        if 0 < settings["temperature"] < MIN_TEMPERATURE:
+            raise SettingsError(f"Temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}.")
+        return cls(**settings)
+
+
+def _checked(value, limits: SettingRange):
+    kind = "a whole number" if limits.whole else "a number"
+    problem = SettingsError(f"{limits.label} must be {kind} from {limits.low:,} to {limits.high:,}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise problem
+    if not (math.isfinite(value) and limits.low <= value <= limits.high):
+        raise problem
+    if limits.whole:
+        if value != int(value):
+            raise problem
+        return int(value)
+    return float(value)
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."

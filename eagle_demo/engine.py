@@ -400,8 +400,21 @@ class Generation:
         return self._stream.flush()
 
 
+def _check_text(what: str, text) -> None:
+    if not isinstance(text, str):
+        raise PromptError(f"{what} must be text.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which no tokenizer takes
+        raise PromptError(f"{what} contains characters that are not valid text; remove them and send it again.") \
+            from None
+
+
 def _group_turns(messages: list[Message], system: str, limits: Limits) -> list[tuple[Message, str | None]]:
     """Pair user messages with the answers that follow them; merge consecutive user messages."""
+    _check_text("The system prompt", system)
+    for m in messages:
+        _check_text("The message" if m.role == "user" else "An earlier answer", m.text)
     if len(system) > limits.max_prompt_chars:
         raise PromptError(f"The system prompt is {len(system):,} characters long; "
                           f"the limit is {limits.max_prompt_chars:,}.")

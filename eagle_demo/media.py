@@ -19,6 +19,7 @@ from eagle_demo.config import LIMITS, Limits
 
 # Formats a browser shows; the rest of Pillow's plugins (EPS runs Ghostscript, ...) stay off.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+IMAGE_KINDS = "a JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF image"
 # Demuxers for ordinary video files; playlists (hls, concat) could make FFmpeg read other files.
 VIDEO_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "gif"}
 # Sampled frames further apart than x264's default keyframe interval are reached by seeking;
@@ -68,7 +69,7 @@ def _open_lazy(path: Path, limits: Limits) -> Image.Image:
             f"the limit is {limits.max_image_pixels / 1e6:.0f}."
         ) from None
     except Exception:  # Pillow raises many types for foreign or damaged headers
-        raise MediaError(f"{path.name} is not an image Pillow can read.") from None
+        raise MediaError(f"{path.name} is not an image this app can open; send {IMAGE_KINDS}.") from None
     width, height = img.size
     if max(width, height) > limits.max_image_side:
         img.close()
@@ -86,7 +87,18 @@ def _transposed(img: Image.Image) -> bool:
 
     Only EXIF found in the header counts: asking a PNG for a later eXIf chunk decodes it all.
     """
-    return "exif" in img.info and img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return _orientation(img) in (5, 6, 7, 8)
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation, 1 (as stored) when there is none or the EXIF block cannot be read:
+    malformed metadata is ignored, the pixels still open."""
+    if "exif" not in img.info:
+        return 1
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # Pillow raises many types for a foreign or damaged EXIF block
+        return 1
 
 
 def image_size(path: str | Path, limits: Limits = LIMITS) -> tuple[int, int]:
@@ -110,9 +122,10 @@ def open_image(path: str | Path, limits: Limits = LIMITS, min_size: tuple[int, i
             img.draft(None, min_size[::-1] if _transposed(img) else min_size)  # no-op unless JPEG
         try:
             img.load()  # the first frame of an animation
-            ImageOps.exif_transpose(img, in_place=True)
         except Exception:
             raise MediaError(f"{path.name} is truncated or corrupt.") from None
+        if _orientation(img) != 1:
+            ImageOps.exif_transpose(img, in_place=True)
     return _to_rgb(img)
 
 

@@ -12,6 +12,7 @@ No torch at import (the engine module, and torch with it, load with the first mo
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import Counter
@@ -28,16 +29,35 @@ def short_name(model: str) -> str:
     return Path(model.rstrip("/")).name or model
 
 
+def _hide_path(text: str, path: str, name: str) -> str:
+    """`text` with the model's path, and any other absolute path, down to a name."""
+    return re.sub(r"(?:/[\w.~-]+)+/([\w.-]+)", r"\1", text.replace(path, name))
+
+
 class LoadError(Exception):
     """A model that cannot load as configured (not found, offline, a missing package); the message
     is meant for the user."""
 
 
-class ModelMenu:
-    """One Engine per model name, made on first use; loads, unloads and counts them."""
+def public_names(models: list[str]) -> dict[str, str]:
+    """{name clients see: hub id or checkpoint folder}; folders are never shown, only their names."""
+    names: dict[str, str] = {}
+    for model in models:
+        name, n = short_name(model), 1
+        while name in names:
+            n += 1
+            name = f"{short_name(model)} ({n})"
+        names[name] = model
+    return names
 
-    def __init__(self, names: list[str], max_loaded: int = 0, **engine_options):
-        self.names = list(names)
+
+class ModelMenu:
+    """One Engine per model, made on first use; loads, unloads and counts them. Models go by the
+    names clients see (`public_names`): a checkpoint's path stays on the server."""
+
+    def __init__(self, models: list[str], max_loaded: int = 0, **engine_options):
+        self._paths = public_names(models)
+        self.names = list(self._paths)
         self.max_loaded = max_loaded  # 0: as many as fit in memory
         self.engine_options = engine_options
         self.loads: Counter = Counter()  # model name -> times loaded
@@ -48,6 +68,10 @@ class ModelMenu:
         self._last_used: dict[str, float] = {}
         self._changed = threading.Condition()
 
+    def checkpoint(self, name: str) -> str:
+        """The hub id or folder a served model comes from (for the server's own use, never shown)."""
+        return self._paths[name]
+
     def engine(self, name: str):
         """The Engine of a served model (made, not loaded)."""
         if name not in self.names:
@@ -56,7 +80,7 @@ class ModelMenu:
             if name not in self._engines:
                 from .engine import Engine
 
-                self._engines[name] = Engine(name, **self.engine_options)
+                self._engines[name] = Engine(self._paths[name], **self.engine_options)
             return self._engines[name]
 
     def loaded(self) -> list[str]:
@@ -67,7 +91,7 @@ class ModelMenu:
         engine = self._engines.get(name)
         if engine is None or engine.status == "not loaded":
             return "not loaded (it loads with the first message)"
-        return engine.status.replace(name, short_name(name))
+        return _hide_path(engine.status, self._paths[name], name)
 
     def gpu_seconds(self, name: str, max_new_tokens: int, visuals: int) -> int:
         """Seconds of GPU to ask ZeroGPU for an answer (it queues shorter requests first and checks
@@ -95,8 +119,7 @@ class ModelMenu:
                     self._make_room(name, engine)  # reads the checkpoint's size (downloading it if needed)
                     loaded = engine.load(progress)
                 except ValueError as e:  # CheckpointError and the loader's other checks
-                    reason = str(e).replace(name, short_name(name))
-                    raise LoadError(f"Could not load {short_name(name)}: {reason}") from e
+                    raise LoadError(f"Could not load {name}: {_hide_path(str(e), self._paths[name], name)}") from e
                 finally:
                     with self._changed:
                         self._loading.discard(name)

@@ -11,6 +11,7 @@ data, so that on ZeroGPU it can run in the GPU worker; Stop closes the handler's
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import mimetypes
@@ -21,14 +22,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from . import grounding, media
-from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, GenerationSettings, Limits
-from .models import LoadError, ModelMenu, short_name
+from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, GenerationSettings, Limits, SettingsError
+from .models import LoadError, ModelMenu
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +198,19 @@ class AnswerUpdate:
 
 def settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                   top_k=DEFAULTS.top_k, seed=None) -> GenerationSettings:
-    return GenerationSettings(max_tiles=int(max_tiles), num_frames=int(num_frames), temperature=float(temperature),
-                              top_p=float(top_p), top_k=int(top_k), max_new_tokens=int(max_new_tokens),
-                              repetition_penalty=float(repetition_penalty),
-                              seed=None if seed is None or seed == "" else int(seed))
+    """The settings a client sent, checked; a gr.Error naming the first bad one."""
+    try:
+        return GenerationSettings.checked(
+            max_tiles=max_tiles, num_frames=num_frames, temperature=temperature, top_p=top_p, top_k=top_k,
+            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, seed=None if seed == "" else seed)
+    except SettingsError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def slider(name: str, step: float, **options) -> gr.Slider:
+    """A setting's slider, over the range every entry point accepts."""
+    r = SETTING_RANGES[name]
+    return gr.Slider(r.low, r.high, getattr(DEFAULTS, name), step=step, label=r.label, **options)
 
 
 # ----------------------------------------------------------------------------- grounding
@@ -262,9 +273,34 @@ def model_failure(what: str) -> str:
     return f"Something went wrong on the server (reference {reference}). Try again, or Clear the chat."
 
 
+def error_boundary(handler: Callable) -> Callable:
+    """What a handler lets out reaches the user as a gr.Error: its own messages as they are, anything
+    unexpected as the reference message (the details go to the log)."""
+    if inspect.isgeneratorfunction(handler):
+        @wraps(handler)
+        def streaming(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception:
+                raise gr.Error(model_failure(f"{handler.__name__} failed"), print_exception=False) from None
+        return streaming
+
+    @wraps(handler)
+    def plain(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception:
+            raise gr.Error(model_failure(f"{handler.__name__} failed"), print_exception=False) from None
+    return plain
+
+
 def answer_footer(model: str, stats: dict) -> str:
     """The line under an answer: which model wrote it, and how fast."""
-    parts = [short_name(model), f"{stats['tokens']} tokens"]
+    parts = [model, f"{stats['tokens']} tokens"]
     if stats.get("ttft_s") is not None:
         parts.append(f"{stats['ttft_s']:.1f} s to first token")
     if stats.get("tokens_per_s"):
@@ -283,11 +319,11 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         if model is None:
             return models[0]
         if model not in models:  # never load whatever a client names
-            raise gr.Error(f"Unknown model {model!r}; this app serves {', '.join(models)}.", print_exception=False)
+            raise gr.Error(f"Unknown model; this app serves {', '.join(models)}.", print_exception=False)
         return model
 
     def status(model: str) -> str:
-        return f"**Model** {short_name(model)} · {menu.status(model)}"
+        return f"**Model** {model} · {menu.status(model)}"
 
     def add_message(text: str, images, video, history: list[dict]):
         images = [item[0] for item in images or []]
@@ -309,7 +345,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                     text += delta
                     emit(AnswerUpdate(text=text))
                 emit(AnswerUpdate(text=text, stats={
-                    "model": short_name(model), "tokens": len(generation.token_ids),
+                    "model": model, "tokens": len(generation.token_ids),
                     "ttft_s": generation.timings.get("ttft_s"),
                     "tokens_per_s": generation.timings.get("decode_tokens_per_s"),
                     "tiles": sum(generation.num_tiles), "reused_tokens": generation.timings.get("reused_tokens"),
@@ -319,16 +355,17 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             yield from on_own_thread(work)
         except LoadError as e:
             log.warning("%s", e)
-            raise gr.Error(f"{e}{load_hint(model)}", print_exception=False) from None
+            raise gr.Error(f"{e}{load_hint(menu.checkpoint(model))}", print_exception=False) from None
         except ValueError as e:  # MediaError / PromptError / a checkpoint that cannot load: the user can act
             raise gr.Error(hide_paths(str(e), turns), print_exception=False) from None
         except Exception:
-            raise gr.Error(model_failure(f"answering with {short_name(model)} failed"), print_exception=False) from None
+            raise gr.Error(model_failure(f"answering with {model} failed"), print_exception=False) from None
 
     if gpu is not None:  # ZeroGPU asks up front for the seconds of GPU an answer may take
         answer_updates = gpu(duration=lambda turns, model, system, settings: menu.gpu_seconds(
             model, settings.max_new_tokens, sum(len(t["images"]) + bool(t["video"]) for t in turns)))(answer_updates)
 
+    @error_boundary
     def respond(history: list[dict], model: str, system: str, max_tiles, num_frames, temperature, top_p,
                 max_new_tokens, repetition_penalty, top_k, seed) -> Iterator[tuple[list[dict], str]]:
         if not history or history[-1]["role"] != "user" or _is_error(history[-1]):
@@ -336,12 +373,13 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         turns = conversation(history)
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
-        updates = answer_updates(turns, model, system, settings)
+        model = checked_model(model)
+        updates = answer_updates(turns, model, "" if system is None else system, settings)
         text, stats = "", None
         try:
             for update in updates:
                 if update.status:
-                    yield history, f"**Model** {short_name(model)} · {update.status}"
+                    yield history, f"**Model** {model} · {update.status}"
                     continue
                 text, stats = update.text, update.stats or stats
                 yield history + [answer_message(text)], gr.skip()
@@ -356,6 +394,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             generated.add(drawn)
         yield history + [answer_message(text, drawn, answer_footer(model, stats) if stats else None)], status(model)
 
+    @error_boundary
     def chat_api(message: str, images: list[str] | None = None, video: str | None = None,
                  history: list[dict] | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
                  max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
@@ -373,7 +412,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         turns.append({"role": "user", "text": message or "", "images": list(images or []), "video": video})
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
-        updates = answer_updates(turns, checked_model(model), system, settings)
+        updates = answer_updates(turns, checked_model(model), "" if system is None else system, settings)
         text = ""
         try:
             for update in updates:
@@ -401,6 +440,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         video = next((f for f in files if _is_video(f)), None)
         return history[:-1], text, images or None, video
 
+    @error_boundary
     def export(history: list[dict], model: str = models[0], system: str = DEFAULT_SYSTEM_PROMPT,
                max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
                top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
@@ -408,10 +448,17 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         """The chat and the settings used, as a JSON file to download."""
         if not history:
             return None
+        model, system = checked_model(model), "" if system is None else system
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
-        data = export_json(history, model, system, settings)
-        text = json.dumps(data, indent=2, ensure_ascii=False)
+        chars = len(str(system)) + sum(len(_parts(m)[0]) for m in history)
+        if len(history) > limits.max_chat_messages or chars > limits.max_chat_chars:  # the chat's own limits
+            raise gr.Error(f"This chat is too long to export ({len(history):,} messages, {chars:,} characters; the "
+                           f"limits are {limits.max_chat_messages:,} and {limits.max_chat_chars:,}).",
+                           print_exception=False)
+        data = export_json(history, model, str(system), settings)
+        # a lone surrogate (which no file can hold) becomes "?"
+        text = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8")
         folder = OUT_DIR / hashlib.sha1(text.encode()).hexdigest()[:16]  # one folder per export: a clean name
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"eagle2-chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -450,24 +497,20 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                              for text, images, video in EXAMPLES], inputs=[textbox, gallery, video],
                             label="Examples (all drawn by this project)", elem_id="examples")
             with gr.Column(scale=2, min_width=280):
-                model = gr.Dropdown([(short_name(m), m) for m in models], value=models[0], label="Model",
+                model = gr.Dropdown(models, value=models[0], label="Model",
                                     visible=len(models) > 1)
                 status_md = gr.Markdown(elem_id="status")
                 with gr.Accordion("Settings", open=True):
-                    max_tiles = gr.Slider(1, 24, DEFAULTS.max_tiles, step=1, label="Max tiles per image",
-                                          info="more tiles read finer detail, but take longer")
-                    num_frames = gr.Slider(1, limits.max_video_frames, DEFAULTS.num_frames, step=1,
-                                           label="Video frames", info="sampled evenly over the whole video")
-                    temperature = gr.Slider(0, 1.5, DEFAULTS.temperature, step=0.05, label="Temperature",
-                                            info="0 = greedy (always the likeliest word)")
-                    max_new_tokens = gr.Slider(1, 4096, DEFAULTS.max_new_tokens, step=1, label="Max new tokens")
+                    max_tiles = slider("max_tiles", 1, info="more tiles read finer detail, but take longer")
+                    num_frames = slider("num_frames", 1, info="sampled evenly over the whole video")
+                    temperature = slider("temperature", 0.05, info="0 = greedy (always the likeliest word)")
+                    max_new_tokens = slider("max_new_tokens", 1)
                 with gr.Accordion("More settings", open=False):
-                    top_p = gr.Slider(0.05, 1, DEFAULTS.top_p, step=0.05, label="Top-p")
-                    top_k = gr.Slider(0, 200, DEFAULTS.top_k, step=1, label="Top-k", info="0 = off")
+                    top_p = slider("top_p", 0.05)
+                    top_k = slider("top_k", 1, info="0 = off")
                     seed = gr.Number(None, precision=0, label="Seed",
                                      info="empty: a fresh answer each time; a number repeats an answer")
-                    repetition_penalty = gr.Slider(1, 2, DEFAULTS.repetition_penalty, step=0.05,
-                                                   label="Repetition penalty")
+                    repetition_penalty = slider("repetition_penalty", 0.05)
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, max_lines=8,
                                         max_length=limits.max_prompt_chars)
                 gr.Markdown(limits_markdown(limits), elem_id="limits")

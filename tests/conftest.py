@@ -79,13 +79,13 @@ def app_server(tiny_checkpoint):
 
     port = free_port()
     demo, menu, launch = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--port", str(port)]))
-    engine = menu.engine(str(tiny_checkpoint))
+    engine = menu.engine(menu.names[0])
     engine.load()
     recorder = Recorder(engine)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch)
     try:
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", engine=engine, recorder=recorder, demo=demo,
-                              model=str(tiny_checkpoint))
+                              model=menu.names[0])
     finally:
         demo.close()
 
@@ -116,12 +116,15 @@ def rss() -> int:
 GRADIO_POOL = "AnyIO worker thread"
 
 
-def threads_left_behind(before: set[threading.Thread], timeout: float = 15.0) -> list[str]:
+def threads_left_behind(before: set[threading.Thread], timeout: float = 15.0, pools=()) -> list[str]:
     """Names of the threads started since `before` (threading.enumerate() then) that are still
-    alive after up to `timeout` seconds, gradio's worker pool aside."""
+    alive after up to `timeout` seconds, gradio's worker pool aside, and the workers of `pools`
+    (bounded ThreadPoolExecutors, such as a gradio_client's: they too keep idle workers)."""
     end = time.monotonic() + timeout
     while True:
-        left = [t.name for t in threading.enumerate() if t not in before and t.name != GRADIO_POOL]
+        pooled = {t for pool in pools for t in pool._threads}
+        left = [t.name for t in threading.enumerate()
+                if t not in before and t not in pooled and t.name != GRADIO_POOL]
         if not left or time.monotonic() > end:
             return left
         time.sleep(0.1)

@@ -181,7 +181,7 @@ def test_python_app_py_serves_within_seconds_and_explains_offline_hub_models(tin
         client = Client(url, verbose=False, analytics_enabled=False)
         assert client.predict("Hi", **FAST, api_name="/chat")
         with pytest.raises(AppError) as caught:
-            client.predict("Hi", model="nvidia/Eagle2-1B", api_name="/chat")
+            client.predict("Hi", model="Eagle2-1B", api_name="/chat")
         assert "python -m eagle_demo tiny --out ./tiny-eagle2" in str(caught.value)
     finally:
         proc.terminate()

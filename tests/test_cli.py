@@ -55,6 +55,10 @@ def test_text_streams_to_stdout_and_matches_json(files):
 @pytest.mark.parametrize("args,message", [
     (["--image", "corrupt"], "photo.png is not an image"),
     (["--image", "/no/such/file.png"], "file.png"),
+    (["--max-tiles", "2000"], "Max tiles per image must be a whole number from 1 to 24."),
+    (["--max-new-tokens", "0"], "Max new tokens must be a whole number from 1 to 4,096."),
+    (["--temperature", "nan"], "Temperature must be a number from 0.0 to 1.5."),
+    (["--seed", str(2**70)], "Seed must be a whole number"),
 ])
 def test_bad_input_fails_with_one_clear_line(files, args, message):
     done = cli("generate", "--model", files["model"], "--prompt", "x", *[files.get(a, a) for a in args])

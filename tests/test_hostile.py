@@ -159,7 +159,8 @@ def test_the_corpus_leaves_no_thread_or_memory_behind(client, app_server, corpus
     for _ in range(3):
         run_corpus()
     gc.collect()
-    left, grown = threads_left_behind(threads), (rss() - memory) / 2**20
+    left = threads_left_behind(threads, pools=(client.executor, client.helper_executor))
+    grown = (rss() - memory) / 2**20
     print(f"threads left behind: {left}; RSS {memory / 2**20:.0f} MB, grown by {grown:.0f} MB over 3 runs of "
           f"{len(corpus)} requests")
     assert not left

@@ -116,7 +116,8 @@ def make_bilevel_png(path, size):
     ("make", "message"),
     [
         (lambda d: make_corrupt_file(d / "empty.png", b""), "empty.png is empty."),
-        (lambda d: make_corrupt_file(d / "notes.png"), "notes.png is not an image Pillow can read."),
+        (lambda d: make_corrupt_file(d / "notes.png"),
+         "notes.png is not an image this app can open; send a JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF image."),
         (
             lambda d: make_truncated_copy(make_image(d / "x.jpg", (640, 480)), d / "cut.jpg", 0.5),
             "cut.jpg is truncated or corrupt.",

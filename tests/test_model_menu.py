@@ -54,14 +54,15 @@ def alternate(url: str, models: list[str], requests: int = 20) -> list[str]:
 def test_two_clients_on_two_models_are_all_answered(two_models, max_models):
     demo, menu, url = serve(two_models, "--max-models", str(max_models))
     try:
-        for name in two_models:  # what page loads and menu changes show: it loads nothing
+        assert menu.names == ["first-eagle", "second-eagle"]  # folder names: no server path is shown
+        for name in menu.names:  # what page loads and menu changes show: it loads nothing
             assert "not loaded" in menu.status(name)
         assert menu.loaded() == [] and not menu.loads
-        answers = alternate(url, two_models)
+        answers = alternate(url, menu.names)
         assert len(answers) == 20 and all(isinstance(a, str) for a in answers)
         if max_models == 0:  # both fit in memory: each loads once and stays
-            assert dict(menu.loads) == {m: 1 for m in two_models} and not menu.unloads
-            assert sorted(menu.loaded()) == sorted(two_models)
+            assert dict(menu.loads) == {m: 1 for m in menu.names} and not menu.unloads
+            assert sorted(menu.loaded()) == menu.names
         else:  # one at a time: every switch unloads the idle other, never one that is answering
             assert sum(menu.loads.values()) == sum(menu.unloads.values()) + 1
             assert len(menu.loaded()) == 1

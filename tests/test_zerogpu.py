@@ -29,7 +29,7 @@ def zero_gpu_app(tiny_checkpoint, tmp_path_factory):
     proc, url = serve_app(["--model", str(tiny_checkpoint)], env)
     try:
         wait_until_serving(proc, url, 60)
-        yield Client(url, verbose=False, analytics_enabled=False), log, str(tiny_checkpoint)
+        yield Client(url, verbose=False, analytics_enabled=False), log, tiny_checkpoint.name  # the name clients see
     finally:
         out = stop_app(proc)
         assert "Traceback" not in out, out

@@ -1,0 +1,116 @@
+"""Hostile values over HTTP against the real app on a tiny checkpoint: settings that gradio's own
+checks let through (NaN, tiny floats, huge ints, booleans), lone surrogates, images whose metadata
+is malformed, an export past the chat's limits, and the server's paths kept private. Each is
+answered or refused with a message that names what to change, never with internal text."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from eagle_demo.config import LIMITS
+from tests.media_factory import make_image, make_video
+
+QUICK = dict(temperature=1.0, top_p=1.0, top_k=0, seed=0, max_tiles=1, max_new_tokens=4)
+INTERNAL = re.compile(r"[A-Z]\w*(Error|Exception)\b|Traceback|NoneType|<class|/tmp/|/work/|/root/")
+
+
+def refused(client, *args, **kwargs) -> str:
+    with pytest.raises(AppError) as caught:
+        client.predict(*args, **{**QUICK, **kwargs}, api_name="/chat")
+    message = str(caught.value)
+    assert not INTERNAL.search(message), message
+    return message
+
+
+def call_raw(url: str, body: str) -> str:
+    """POST a JSON body as written (NaN, lone-surrogate escapes) to /chat; the error it ends with."""
+    base = url.rstrip("/") + "/gradio_api/call/chat"
+    event = httpx.post(base, content=body, headers={"content-type": "application/json"}, timeout=30).json()
+    with httpx.stream("GET", f"{base}/{event['event_id']}", timeout=60) as events:
+        text = "".join(events.iter_text())
+    assert "event: error" in text, text
+    return text.split("event: error", 1)[1]
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("temperature", 1e-40, "Temperature must be 0 (greedy) or at least 0.01."),
+    ("top_k", 1e-40, "Top-k must be a whole number from 0 to 200."),
+    ("seed", 2**70, "Seed must be a whole number from 0 to 9,223,372,036,854,775,807."),
+    ("seed", -1, "Seed must be a whole number from 0 to 9,223,372,036,854,775,807."),
+    ("max_tiles", True, "Max tiles per image must be a whole number from 1 to 24."),
+    ("repetition_penalty", True, "Repetition penalty must be a number from 1.0 to 2.0."),
+])
+def test_settings_past_gradio_checks_are_refused_by_name(client, setting, value, message):
+    assert refused(client, "Hi", **{setting: value}) == message
+    assert client.predict("Hi", **QUICK, api_name="/chat")
+
+
+@pytest.mark.parametrize(("position", "value", "message"), [
+    (7, "NaN", "Temperature must be a number from 0.0 to 1.5."),
+    (10, "NaN", "Repetition penalty must be a number from 1.0 to 2.0."),
+    (8, "NaN", "Top-p must be a number from 0.05 to 1.0."),
+    (0, '"Hi \\ud800 there"', "The message contains characters that are not valid text"),
+    (4, '"\\udfff"', "The system prompt contains characters that are not valid text"),
+])
+def test_nan_infinity_and_lone_surrogates_sent_raw(app_server, client, position, value, message):
+    # message, images, video, history, system, max_tiles, num_frames, temperature, top_p,
+    # max_new_tokens, repetition_penalty, top_k, seed, model
+    data = ['"Hi"', "null", "null", "[]", '"You are a helpful assistant."', "1", "4", "1.0", "1.0", "4", "1.0",
+            "0", "0", "null"]
+    data[position] = value
+    error = call_raw(app_server.url, '{"data": [' + ", ".join(data) + "]}")
+    assert message in error and not INTERNAL.search(error), error
+    assert client.predict("Hi", **QUICK, api_name="/chat")
+
+
+def test_a_lone_surrogate_in_the_history_is_refused(app_server):
+    history = '[{"role": "user", "content": "a \\ud800"}, {"role": "assistant", "content": "b"}]'
+    data = ['"Hi"', "null", "null", history, '"sys"', "1", "4", "1.0", "1.0", "4", "1.0", "0", "0", "null"]
+    error = call_raw(app_server.url, '{"data": [' + ", ".join(data) + "]}")
+    assert "The message contains characters that are not valid text" in error
+
+
+@pytest.mark.parametrize("name,save", [
+    ("exif-not-tiff.png", dict(exif=b"this is not a TIFF header")),
+    ("exif-not-tiff.webp", dict(exif=b"MM\x00\x2a\xff\xff\xff\xff")),
+    ("exif-garbage.jpg", dict(exif=b"Exif\x00\x00\x00\x01\x02\x03")),
+])
+def test_images_with_malformed_exif_still_open(client, tmp_path, name, save):
+    path = make_image(tmp_path / name, (320, 240), **save)
+    assert Image.open(path).info.get("exif")  # the broken block is really there
+    assert client.predict("What is this?", [handle_file(str(path))], **QUICK, api_name="/chat")
+
+
+def test_the_most_video_frames_fit_the_context(client, tmp_path):
+    video = make_video(tmp_path / "long.mp4", frames=LIMITS.max_video_frames * 2, size=(64, 48), fps=10)
+    answer = client.predict("What happens?", None, handle_file(str(video)),
+                            **{**QUICK, "num_frames": LIMITS.max_video_frames}, api_name="/chat")
+    assert answer
+
+
+def test_server_paths_are_not_public(app_server, client, tiny_checkpoint):
+    folder = str(tiny_checkpoint)
+    for page in ("config", "gradio_api/info"):
+        text = httpx.get(app_server.url + page, timeout=10).text
+        assert folder not in text and str(tiny_checkpoint.parent) not in text
+    assert json.dumps(client.view_api(print_info=False, return_format="dict")).count(tiny_checkpoint.name) >= 1
+    message = refused(client, "Hi", model="Eagle2-404B")
+    assert "tiny-eagle2" in message and folder not in message  # the choices, by the names clients see
+    assert client.predict("Hi", **QUICK, model=tiny_checkpoint.name, api_name="/chat")
+
+
+def test_export_holds_to_the_chats_limits(client):
+    huge = [{"role": "user", "content": [{"type": "text", "text": "x" * 1_000_000}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "y"}]}] * 10
+    with pytest.raises(AppError) as caught:
+        client.predict(huge, api_name="/export")
+    assert "too long to export" in str(caught.value)
+    ok = client.predict([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], api_name="/export")
+    assert json.loads(open(ok, encoding="utf-8").read())["model"] == "tiny-eagle2"
