@@ -106,6 +106,7 @@ class Engine:
         self.model = None
         self.tokenizer = None
         self.vision_calls = 0  # visuals sent through the vision tower since load
+        self._weight_bytes: int | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one decode at a time: the model and KV cache are shared
         self._pixels = _LRU(PIXEL_CACHE_BYTES, _pixel_bytes)  # visual key -> Visual (tiles)
@@ -153,12 +154,15 @@ class Engine:
             return True
 
     def weight_bytes(self) -> int:
-        """Bytes the checkpoint's weights take once loaded in this engine's dtype."""
-        from .model import resolve_checkpoint
-        from .model.loading import weight_bytes
+        """Bytes the checkpoint's weights take once loaded in this engine's dtype (read once: on
+        ZeroGPU it sizes every answer's GPU time, and resolving a hub id asks the Hub)."""
+        if self._weight_bytes is None:
+            from .model import resolve_checkpoint
+            from .model.loading import default_dtype, weight_bytes
 
-        dtype = self.dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
-        return weight_bytes(resolve_checkpoint(self.model_name), dtype)
+            path = resolve_checkpoint(self.model_name)
+            self._weight_bytes = weight_bytes(path, self.dtype or default_dtype(self.device))
+        return self._weight_bytes
 
     def free_memory(self) -> int | None:
         """Bytes free on this engine's device (None where that cannot be told)."""

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import wraps
 from pathlib import Path
@@ -273,28 +274,30 @@ def model_failure(what: str) -> str:
     return f"Something went wrong on the server (reference {reference}). Try again, or Clear the chat."
 
 
+@contextmanager
+def _only_user_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception:
+        raise gr.Error(model_failure(f"{what} failed"), print_exception=False) from None
+
+
 def error_boundary(handler: Callable) -> Callable:
     """What a handler lets out reaches the user as a gr.Error: its own messages as they are, anything
     unexpected as the reference message (the details go to the log)."""
     if inspect.isgeneratorfunction(handler):
         @wraps(handler)
         def streaming(*args, **kwargs):
-            try:
+            with _only_user_errors(handler.__name__):
                 yield from handler(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception:
-                raise gr.Error(model_failure(f"{handler.__name__} failed"), print_exception=False) from None
         return streaming
 
     @wraps(handler)
     def plain(*args, **kwargs):
-        try:
+        with _only_user_errors(handler.__name__):
             return handler(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception:
-            raise gr.Error(model_failure(f"{handler.__name__} failed"), print_exception=False) from None
     return plain
 
 
@@ -322,8 +325,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             raise gr.Error(f"Unknown model; this app serves {', '.join(models)}.", print_exception=False)
         return model
 
-    def status(model: str) -> str:
-        return f"**Model** {model} · {menu.status(model)}"
+    def status(model: str, state: str | None = None) -> str:
+        return f"**Model** {model} · {state or menu.status(model)}"
 
     def add_message(text: str, images, video, history: list[dict]):
         images = [item[0] for item in images or []]
@@ -379,7 +382,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         try:
             for update in updates:
                 if update.status:
-                    yield history, f"**Model** {model} · {update.status}"
+                    yield history, status(model, update.status)
                     continue
                 text, stats = update.text, update.stats or stats
                 yield history + [answer_message(text)], gr.skip()
@@ -451,12 +454,12 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         model, system = checked_model(model), "" if system is None else system
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
-        chars = len(str(system)) + sum(len(_parts(m)[0]) for m in history)
+        chars = len(system) + sum(len(_parts(m)[0]) for m in history)
         if len(history) > limits.max_chat_messages or chars > limits.max_chat_chars:  # the chat's own limits
             raise gr.Error(f"This chat is too long to export ({len(history):,} messages, {chars:,} characters; the "
                            f"limits are {limits.max_chat_messages:,} and {limits.max_chat_chars:,}).",
                            print_exception=False)
-        data = export_json(history, model, str(system), settings)
+        data = export_json(history, model, system, settings)
         # a lone surrogate (which no file can hold) becomes "?"
         text = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8")
         folder = OUT_DIR / hashlib.sha1(text.encode()).hexdigest()[:16]  # one folder per export: a clean name

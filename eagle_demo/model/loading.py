@@ -110,6 +110,11 @@ def weight_files(path: Path) -> list[Path]:
                           "(only safetensors weights are read)")
 
 
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bfloat16 on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def weight_bytes(path: Path, dtype: torch.dtype) -> int:
     """Bytes of a checkpoint's tensors once loaded as `dtype`, from the safetensors headers alone."""
     numel = 0
@@ -131,7 +136,7 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
     path = resolve_checkpoint(path_or_id)
     config = Eagle2Config.from_dir(path)
     device = torch.device(device)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(device)
     _check_attn(attn, device, dtype)
     int8 = _int8_backend(device) if load_in_8bit else None
 
