@@ -2,13 +2,20 @@
 sending --requests requests (an image and a question) back to back. Prints one JSON line with
 the p50 and p95 latency in seconds, from submitting a request to its whole answer.
 
+With --storm N, instead: one client submits N long answers (4,096 new tokens) and cancels each at
+once with `job.cancel()`; then another client asks a 4-token question. Prints that question's wait
+after the storm, the same question's wait on the quiet app before it (the baseline, same run) and
+their ratio, and the server's CPU use in the 2 s after (when it serves here).
+
     python benchmarks/bench_concurrency.py                                 # serves a tiny checkpoint itself
     python benchmarks/bench_concurrency.py --url http://127.0.0.1:7860/    # asks an app already running
+    python benchmarks/bench_concurrency.py --storm 50
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import statistics
 import sys
 import tempfile
@@ -62,6 +69,45 @@ def run(url: str, clients: int, requests: int, max_new_tokens: int) -> dict:
     return result
 
 
+def short_answer_wait(client) -> float:
+    began = time.perf_counter()
+    client.predict("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")
+    return time.perf_counter() - began
+
+
+def server_cpu_cores(seconds: float) -> float:
+    """This process's CPU use (it serves the app) over the next `seconds`, in cores."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    return (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
+def storm(url: str, jobs: int, measure_cpu: bool) -> dict:
+    """The cancel storm: `jobs` long answers submitted and cancelled at once by one client."""
+    from gradio_client import Client
+
+    stormer = Client(url, verbose=False, analytics_enabled=False)
+    other = Client(url, verbose=False, analytics_enabled=False)
+    short_answer_wait(other)  # loads the model
+    quiet_s = short_answer_wait(other)
+    idle_cpu = server_cpu_cores(2.0)
+    submitted = []
+    for i in range(jobs):
+        job = stormer.submit("Tell me a long story.", temperature=1.0, top_p=1.0, top_k=0, seed=i,
+                             max_new_tokens=4096, max_tiles=1, api_name="/chat")
+        job.cancel()
+        submitted.append(job)
+    for job in submitted:  # the storm has ended when every job's join and cancel are through
+        concurrent.futures.wait([job.future], timeout=60)
+    after_storm_s = short_answer_wait(other)  # the storm client stays connected meanwhile
+    cpu_after = server_cpu_cores(2.0)
+    stormer.close()
+    other.close()
+    cpu = dict(cpu_cores_idle_before=round(idle_cpu, 2), cpu_cores_after=round(cpu_after, 2)) if measure_cpu else {}
+    return dict(storm_jobs=jobs, quiet_wait_s=round(quiet_s, 3), wait_after_storm_s=round(after_storm_s, 3),
+                ratio=round(after_storm_s / quiet_s, 2), **cpu)
+
+
 def serve_tiny(concurrency: int):
     """app.py's app on a fresh tiny checkpoint, on a free loopback port: (url, demo)."""
     import socket
@@ -86,13 +132,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="per client, one after another")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=1, help="the app's --concurrency, when served here")
+    parser.add_argument("--storm", type=int, metavar="N", help="the cancel storm of N jobs instead")
     args = parser.parse_args()
     demo = None
     url = args.url
     if url is None:
         url, demo = serve_tiny(args.concurrency)
     try:
-        emit(**run(url, args.clients, args.requests, args.max_new_tokens))
+        if args.storm:
+            emit(**storm(url, args.storm, measure_cpu=demo is not None))
+        else:
+            emit(**run(url, args.clients, args.requests, args.max_new_tokens))
     finally:
         if demo is not None:
             demo.close()

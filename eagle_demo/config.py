@@ -28,6 +28,8 @@ class Limits:
 
 
 LIMITS = Limits()
+# Clients that may wait for each answer slot (--concurrency); beyond that a new one is told the app is busy.
+QUEUED_PER_ANSWER_SLOT = 20
 
 
 class SettingsError(ValueError):

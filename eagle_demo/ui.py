@@ -47,6 +47,7 @@ EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_ass
     ("What are the differences between these two pictures?", ["compare_a.jpg", "compare_b.jpg"], None),
     ("What happens in this video?", [], "ball.mp4"),
 ]
+ANSWERS = "answers"  # the concurrency group of every event that runs a model (see queue_guard)
 OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # annotated images and exports; gradio copies them
 
 CSS = """
@@ -259,7 +260,8 @@ def load_hint(model: str) -> str:
 
 
 def limits_markdown(limits: Limits) -> str:
-    return (f"**Limits** · up to {limits.max_images_per_conversation} images and videos per chat · "
+    return (f"**Limits** · one answer at a time per visitor · "
+            f"up to {limits.max_images_per_conversation} images and videos per chat · "
             f"files up to {limits.max_upload_mb} MB · images up to {limits.max_image_pixels / 1e6:.0f} MP "
             f"({limits.max_image_side:,} px a side) · videos up to {limits.max_video_pixels / 1e6:.1f} MP a frame "
             f"and {limits.max_video_seconds / 3600:g} h, {limits.max_video_frames} sampled frames · messages up to "
@@ -528,7 +530,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             api_button = gr.Button()
 
         knobs = [max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed]
-        model_queue = dict(concurrency_id="model", concurrency_limit=concurrency)
+        model_queue = dict(concurrency_id=ANSWERS, concurrency_limit=concurrency)
 
         def chain_respond(event):
             return event.then(respond, [chatbot, model, system, *knobs], [chatbot, status_md],

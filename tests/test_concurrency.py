@@ -13,6 +13,7 @@ import time
 
 from gradio_client import Client, handle_file
 
+from eagle_demo.ui import ANSWERS
 from tests.conftest import ASSETS, ROOT, rss, stream, threads_left_behind
 
 CLIENTS = 8
@@ -61,7 +62,7 @@ def test_concurrency_is_one_queue_for_everything_that_runs_the_model(tiny_checkp
     demo, _, _ = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--concurrency", "3"]))
     model_runs = [fn for fn in demo.fns.values() if fn.name in ("respond", "chat_api")]
     assert len(model_runs) == 3  # Send, Retry and the chat endpoint
-    assert all(fn.concurrency_id == "model" and fn.concurrency_limit == 3 for fn in model_runs)
+    assert all(fn.concurrency_id == ANSWERS and fn.concurrency_limit == 3 for fn in model_runs)
 
 
 def test_a_cancel_frees_the_engine_for_the_queue_within_two_tokens(app_server):

@@ -1,0 +1,140 @@
+"""Fairness over HTTP on the real app (tiny checkpoint, --concurrency 1): one answer at a time per
+client, and nothing decoded for a client that has gone, whether it cancelled (even before its job
+had an id), closed its stream, or left while its job was still queued. A bounded queue says so."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import ValidationError
+
+from eagle_demo.config import QUEUED_PER_ANSWER_SLOT
+from eagle_demo.queue_guard import BUSY
+
+STORY = "Write a very long story."  # greedy on the tiny checkpoint: no end token for thousands of tokens
+LONG = dict(temperature=0, max_tiles=1, max_new_tokens=4096, api_name="/chat")
+
+
+def connect(app_server) -> Client:
+    return Client(app_server.url, verbose=False, analytics_enabled=False)
+
+
+def settle(recorder, seen: int, timeout: float = 30.0) -> list:
+    """The generations since `seen`, once every one of them has ended."""
+    end = time.monotonic() + timeout
+    while not all(g.finish_reason for g in recorder.generations[seen:]) and time.monotonic() < end:
+        time.sleep(0.05)
+    return recorder.generations[seen:]
+
+
+def streaming(job, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while len(job.outputs()) < 2 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert len(job.outputs()) >= 2, "the answer did not start"
+
+
+def test_a_cancel_storm_decodes_nothing_for_nobody(app_server):
+    recorder, seen = app_server.recorder, len(app_server.recorder.generations)
+    stormer, other = connect(app_server), connect(app_server)
+    jobs = []
+    for seed in range(30):  # gradio_client cancels before the join has an id: no /cancel names it
+        job = stormer.submit(STORY, seed=seed, **LONG)
+        job.cancel()
+        jobs.append(job)
+    concurrent.futures.wait([job.future for job in jobs], timeout=60)
+    storm = settle(recorder, seen)
+    assert other.predict("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")
+    tokens = [len(g.token_ids) for g in storm]
+    print(f"storm of 30: {len(storm)} reached the engine, {sum(tokens)} tokens decoded in all")
+    assert not any(g.finish_reason == "length" for g in storm)  # cancelled, or an end token sampled early
+    assert sum(tokens) < 4096  # without the guard: every job runs to 4,096 tokens
+    assert len(settle(recorder, seen)) == len(storm) + 1  # nothing of the storm ran after it
+    stormer.close()
+    other.close()
+
+
+def test_one_answer_at_a_time_per_client(app_server):
+    client, neighbour = connect(app_server), connect(app_server)
+    first = client.submit(STORY, **LONG)
+    streaming(first)
+    with pytest.raises(ValidationError) as refused:
+        client.predict("And another?", **LONG)
+    assert BUSY in str(refused.value)
+    assert neighbour.predict("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")
+    first.cancel()
+    concurrent.futures.wait([first.future], timeout=30)
+    for _ in range(4):  # back to back, as scripts do: the previous answer's end never refuses the next
+        assert client.predict("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")
+    client.close()
+    neighbour.close()
+
+
+CLIENT = """
+import sys, time
+from gradio_client import Client
+client = Client(sys.argv[1], verbose=False, analytics_enabled=False)
+job = client.submit("Write a very long story.", temperature=0, max_tiles=1, max_new_tokens=4096, api_name="/chat")
+while job.status().code.name in ("STARTING", "JOINING_QUEUE"):
+    time.sleep(0.01)
+print(job.status().code.name, flush=True)
+time.sleep(600)
+"""
+
+
+def client_process(url: str) -> subprocess.Popen:
+    """A gradio_client in a process of its own, which the test kills: its connections close as a
+    client's do when it goes away (gradio_client's close() leaves its stream open)."""
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, url], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() in ("IN_QUEUE", "PROCESSING", "ITERATING")
+    return proc
+
+
+def test_a_client_that_goes_away_stops_its_answer_and_its_queued_job(app_server):
+    recorder = app_server.recorder
+    seen = len(recorder.generations)
+    leaving = client_process(app_server.url)
+    end = time.monotonic() + 30
+    while not recorder.generations[seen:] and time.monotonic() < end:
+        time.sleep(0.01)
+    waiting = client_process(app_server.url)  # queued behind the running answer
+    time.sleep(0.5)
+    waiting.kill()  # goes away before its job started
+    waiting.wait()
+    time.sleep(0.5)
+    leaving.kill()  # and this one while its answer streams
+    leaving.wait()
+    ran = settle(recorder, seen)
+    assert ran[0].finish_reason == "cancelled" and len(ran[0].token_ids) < 4096
+    time.sleep(1.0)
+    assert len(recorder.generations) == seen + 1  # the queued job never reached the engine
+
+
+def test_a_full_queue_refuses_politely_and_resets_end_queued_jobs(app_server):
+    """Raw joins from many sessions (no streams open): the queue holds QUEUED_PER_ANSWER_SLOT;
+    one more is told the app is busy; a /reset for each queued id removes it, run or not."""
+    recorder = app_server.recorder
+    info = httpx.get(app_server.url + "config").json()
+    fn_index = next(d["id"] for d in info["dependencies"] if d.get("api_name") == "chat")
+    data = [STORY, None, None, [], "sys", 1, 4, 0, 1.0, 4096, 1.0, 0, 0, None]
+    seen = len(recorder.generations)
+    joined, statuses = [], []
+    for i in range(QUEUED_PER_ANSWER_SLOT + 3):
+        reply = httpx.post(app_server.url + "gradio_api/queue/join",
+                           json={"data": data, "fn_index": fn_index, "session_hash": f"raw-{i}"}, timeout=10)
+        statuses.append(reply.status_code)
+        if reply.status_code == 200:
+            joined.append(reply.json()["event_id"])
+    assert 503 in statuses and statuses.count(200) <= QUEUED_PER_ANSWER_SLOT + 1  # one may already run
+    for event_id in reversed(joined):  # the queued ones first: each job that ends lets the next one start
+        httpx.post(app_server.url + "gradio_api/reset", json={"event_id": event_id}, timeout=10)
+    ran = settle(recorder, seen)
+    assert all(g.finish_reason == "cancelled" for g in ran) and len(ran) <= 2
+    time.sleep(1.0)
+    assert len(recorder.generations) == seen + len(ran)
