@@ -31,6 +31,7 @@ import gradio as gr
 
 from . import grounding, media
 from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, GenerationSettings, Limits, SettingsError
+from .gradio_inputs import HISTORY_HINT, CheckedBlocks, InputError, taken_as_sent, text_only
 from .models import LoadError, ModelMenu
 
 log = logging.getLogger(__name__)
@@ -409,10 +410,11 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         """Answer `message` about `images` / `video` after `history` ([{"role", "content"}] text
         messages); streams the answer so far."""
         turns = []
+        if history is not None and not isinstance(history, list):
+            raise InputError(f"history must be {HISTORY_HINT}.")
         for h in history or []:
             if not isinstance(h, dict) or h.get("role") not in ("user", "assistant"):
-                raise gr.Error('history must be a list of {"role": "user" | "assistant", "content": text}',
-                               print_exception=False)
+                raise InputError(f"history must be {HISTORY_HINT}.")
             turns.append({"role": h["role"], "text": _parts(h)[0], "images": [], "video": None})
         turns.append({"role": "user", "text": message or "", "images": list(images or []), "video": video})
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
@@ -471,7 +473,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         generated.add(str(path))
         return str(path)
 
-    with gr.Blocks(title="Eagle2 Demo", analytics_enabled=False, fill_width=True, delete_cache=delete_cache) as demo:
+    with CheckedBlocks(title="Eagle2 Demo", analytics_enabled=False, fill_width=True,
+                       delete_cache=delete_cache) as demo:
         # gradio deletes the files of these sets on delete_cache's schedule and when it shuts down
         demo.temp_file_sets.append(generated)
         gr.Markdown("# Eagle2 · chat about images and videos\n"
@@ -530,6 +533,10 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             api_button = gr.Button()
 
         knobs = [max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed]
+        for component in (*knobs, model):  # checked by name in the handlers (settings_from, checked_model)
+            taken_as_sent(component)
+        text_only(api_message, "The message")
+        text_only(system, "The system prompt")
         model_queue = dict(concurrency_id=ANSWERS, concurrency_limit=concurrency)
 
         def chain_respond(event):

@@ -1,0 +1,70 @@
+"""Reading what a client sends, before any handler sees it.
+
+gradio parses each input with its component (bounds, choices, file paths, pydantic models), and
+what it refuses reaches the client as gradio's own text ("Value 30 is greater than maximum value
+24.", a Python type in a dropdown's message) or as a bare "error" with no text at all. Here:
+- the settings and the model are passed through as sent, because the handlers check them once,
+  by name, with the same rules as the CLI (`GenerationSettings.checked`, the model menu);
+- text inputs must be text;
+- anything else gradio cannot read (a malformed file or chat history, missing values) becomes one
+  message naming the inputs to fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import gradio as gr
+
+FILE_HINT = "files uploaded to this app (with gradio_client: handle_file(path))"
+HISTORY_HINT = 'a list of {"role": "user" | "assistant", "content": text} messages'  # /chat's history
+CHATBOT_HINT = 'a list of {"role": "user" | "assistant", "content": [{"type": "text", "text": text}]} messages'
+
+
+class InputError(gr.Error):
+    """A client's value that cannot be used; the message names it and says what to send."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_exception=False)
+
+
+def taken_as_sent(component: gr.components.Component) -> None:
+    """The handler checks this input itself (settings, the model), so gradio passes it on as sent."""
+    component.preprocess = lambda payload: payload
+
+
+def text_only(component: gr.Textbox, name: str) -> None:
+    """Refuse anything but text (gradio would turn a number or a list into its repr)."""
+    preprocess = component.preprocess
+
+    def checked(payload):
+        if payload is not None and not isinstance(payload, str):
+            raise InputError(f"{name} must be text.")
+        return preprocess(payload)
+
+    component.preprocess = checked
+
+
+def unreadable(block_fn, inputs: list) -> str:
+    """What to change when gradio could not read a request's values."""
+    names = list(inspect.signature(block_fn.fn).parameters)[:len(block_fn.inputs)]
+    if len(inputs) < len(block_fn.inputs):
+        return (f"This endpoint takes {len(block_fn.inputs)} values ({', '.join(names)}); {len(inputs)} were sent. "
+                "Send them all, or call it with gradio_client, which fills in the defaults.")
+    files = [n for n, c in zip(names, block_fn.inputs) if isinstance(c, (gr.File, gr.Gallery, gr.Video))]
+    chats = [n for n, c in zip(names, block_fn.inputs) if isinstance(c, gr.Chatbot)]
+    checks = [*([f"{' and '.join(files)}: each must be one of the {FILE_HINT}"] if files else []),
+              *([f"{' and '.join(chats)}: it must be {CHATBOT_HINT}"] if chats else [])]
+    return "Could not read the request. Check " + "; ".join(checks or [", ".join(names)]) + "."
+
+
+class CheckedBlocks(gr.Blocks):
+    """Blocks that answer a request gradio cannot parse with a message that says what to change."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except InputError:
+            raise
+        except Exception:  # gradio's and pydantic's texts name its internals, never the client's field
+            raise InputError(unreadable(block_fn, inputs)) from None
