@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from eagle_demo import ui
 from eagle_demo.config import DEFAULT_MODEL, LIMITS, QUEUED_PER_ANSWER_SLOT
 from eagle_demo.models import ModelMenu
-from eagle_demo.queue_guard import AnswerGuard
+from eagle_demo.request_guard import RequestGuard
 
 try:  # Hugging Face Spaces provides `spaces`; elsewhere generation runs undecorated
     import spaces
@@ -103,14 +103,16 @@ def build(args: argparse.Namespace):
     keep = int(args.delete_uploads_after * 3600)
     demo = ui.build_app(menu, limits=limits, gpu=spaces.GPU if ZERO_GPU else None, concurrency=args.concurrency,
                         delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
-    # one answer queued or running per client (AnswerGuard), and a bounded queue: a full one is refused
+    # one answer queued or running per client (RequestGuard), and a bounded queue: a full one is refused
     demo.queue(default_concurrency_limit=args.concurrency, max_size=QUEUED_PER_ANSWER_SLOT * args.concurrency)
     # No server-side rendering, no run history: through the SSR server, gradio 6.27-6.31's run-history
     # endpoints let a forged Host header use the host's Hugging Face token (CVE-2026-134825).
     launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=ui.theme(), css=ui.CSS,
                   max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"], ssr_mode=False,
                   run_history=False,
-                  app_kwargs={"middleware": [Middleware(AnswerGuard, concurrency_id=ui.ANSWERS)]})
+                  app_kwargs={"middleware": [Middleware(
+                      RequestGuard, concurrency_id=ui.ANSWERS, max_files=limits.max_images_per_conversation,
+                      max_file_bytes=limits.max_upload_mb * 2**20)]})
     return demo, menu, launch
 
 

@@ -188,9 +188,10 @@ def sample_video(path: str | Path, num_frames: int, limits: Limits = LIMITS,
         duration = _header_duration(container, stream)
         _check_duration(duration, path, limits)
         # counting stops once the clip is known to be too long
-        total = stream.frames or _count_packets(container, stream, int(limits.max_video_seconds * rate) + 1)
-    if not duration:
-        duration = total / rate
+        most_frames = int(limits.max_video_seconds * rate) + 1
+        total = stream.frames or _count_packets(container, stream, most_frames)
+        # a header may claim a short clip in front of hours of frames: the stream itself says how long it is
+        duration = max(duration, total / rate, _stream_end(container, stream, most_frames))
         _check_duration(duration, path, limits)
 
     picked = _decode_with_decord(path, sample_indices(total, n), total, frame_size) if total else None
@@ -241,6 +242,23 @@ def _hms(seconds: float) -> str:
     """h:mm:ss with as many hours as it takes (timedelta would write "2 days, 3:04:05")."""
     s = round(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _stream_end(container, stream, limit: int) -> float:
+    """Seconds from the stream's start to its last packet, read after a seek to its end (so only
+    the last keyframe's group is demuxed; at most `limit` packets where the file has no index)."""
+    start = stream.start_time or 0
+    last = None
+    try:
+        container.seek(2**62, backward=True, any_frame=False, stream=stream)
+        for count, packet in enumerate(container.demux(stream)):
+            if packet.pts is not None:
+                last = packet.pts if last is None else max(last, packet.pts)
+            if count >= limit:
+                break
+    except av.FFmpegError:
+        pass  # what could be read
+    return float((last - start) * stream.time_base) if last is not None else 0.0
 
 
 def _count_packets(container, stream, limit: int) -> int:

@@ -48,7 +48,7 @@ EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_ass
     ("What are the differences between these two pictures?", ["compare_a.jpg", "compare_b.jpg"], None),
     ("What happens in this video?", [], "ball.mp4"),
 ]
-ANSWERS = "answers"  # the concurrency group of every event that runs a model (see queue_guard)
+ANSWERS = "answers"  # the concurrency group of every event that runs a model (see request_guard)
 OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # annotated images and exports; gradio copies them
 
 CSS = """

@@ -205,3 +205,17 @@ def make_mp4_with_duration(path: str | Path, src: str | Path, duration: int) -> 
 
     Path(path).write_bytes(_rewrite_boxes(Path(src).read_bytes(), fix))
     return Path(path)
+
+
+def understate_mp4_duration(path: str | Path, factor: int = 10) -> Path:
+    """Rewrite an MP4's header durations (mvhd, tkhd, mdhd; version 0 boxes) as 1/factor of the
+    truth, as a hostile file would: its frames and their timestamps stay as they were."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    for box, offset in ((b"mvhd", 20), (b"tkhd", 24), (b"mdhd", 20)):  # duration's offset after the box name
+        at = data.find(box)
+        assert at != -1 and data[at + 4] == 0, f"no version-0 {box!r} box"
+        (duration,) = struct.unpack(">I", data[at + offset:at + offset + 4])
+        data[at + offset:at + offset + 4] = struct.pack(">I", max(1, duration // factor))
+    path.write_bytes(bytes(data))
+    return path

@@ -14,8 +14,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import ValidationError
 
-from eagle_demo.config import QUEUED_PER_ANSWER_SLOT
-from eagle_demo.queue_guard import BUSY
+from eagle_demo.config import LIMITS, QUEUED_PER_ANSWER_SLOT
+from eagle_demo.request_guard import BUSY
+from tests.conftest import ASSETS
 
 STORY = "Write a very long story."  # greedy on the tiny checkpoint: no end token for thousands of tokens
 LONG = dict(temperature=0, max_tiles=1, max_new_tokens=4096, api_name="/chat")
@@ -138,3 +139,20 @@ def test_a_full_queue_refuses_politely_and_resets_end_queued_jobs(app_server):
     assert all(g.finish_reason == "cancelled" for g in ran) and len(ran) <= 2
     time.sleep(1.0)
     assert len(recorder.generations) == seen + len(ran)
+
+
+def upload(url: str, files: list[tuple[str, bytes]]) -> httpx.Response:
+    return httpx.post(url + "gradio_api/upload", files=[("files", (name, data)) for name, data in files], timeout=60)
+
+
+def test_an_upload_carries_at_most_a_chats_worth_of_files(app_server):
+    png = (ASSETS / "chart.png").read_bytes()
+    ok = upload(app_server.url, [(f"p{i}.png", png) for i in range(LIMITS.max_images_per_conversation)])
+    assert ok.status_code == 200 and len(ok.json()) == LIMITS.max_images_per_conversation
+    many = upload(app_server.url, [(f"p{i}.png", b"x") for i in range(1000)])  # gradio alone takes 1,000
+    assert many.status_code == 413
+    assert many.json()["detail"] == (f"Upload at most {LIMITS.max_images_per_conversation} files at a time, "
+                                     f"each up to {LIMITS.max_upload_mb} MB.")
+    client = connect(app_server)  # and the app goes on serving
+    assert client.predict("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")
+    client.close()

@@ -81,10 +81,16 @@ def test_a_lone_surrogate_in_the_history_is_refused(app_server):
     ("exif-not-tiff.png", dict(exif=b"this is not a TIFF header")),
     ("exif-not-tiff.webp", dict(exif=b"MM\x00\x2a\xff\xff\xff\xff")),
     ("exif-garbage.jpg", dict(exif=b"Exif\x00\x00\x00\x01\x02\x03")),
+    ("icc-not-a-profile.png", dict(icc_profile=b"not an ICC profile")),
+    ("icc-zeros.jpg", dict(icc_profile=b"\x00" * 300)),
+    ("icc-garbage.webp", dict(icc_profile=b"garbage")),
+    ("xmp-broken.jpg", dict(xmp=b"<?xpacket begin=\xff\xfe <<< not XML")),
 ])
-def test_images_with_malformed_exif_still_open(client, tmp_path, name, save):
+def test_images_with_malformed_metadata_still_open(client, tmp_path, name, save):
+    """EXIF is read for the orientation (and ignored when unreadable); ICC and XMP are never read."""
     path = make_image(tmp_path / name, (320, 240), **save)
-    assert Image.open(path).info.get("exif")  # the broken block is really there
+    info = Image.open(path).info
+    assert info.get("exif") or info.get("icc_profile") or info.get("xmp")  # the broken block is really there
     assert client.predict("What is this?", [handle_file(str(path))], **QUICK, api_name="/chat")
 
 

@@ -19,6 +19,7 @@ from tests.media_factory import (
     make_image,
     make_truncated_copy,
     make_video,
+    understate_mp4_duration,
 )
 
 WHITE = (255, 255, 255)
@@ -270,6 +271,15 @@ def test_a_video_over_a_day_long_is_refused_in_hours(tmp_path):
     path = make_video(tmp_path / "slow.mp4", frames=20, fps=Fraction(1, 5000))  # a frame every 83 minutes
     with pytest.raises(MediaError, match=r"^slow.mp4 lasts 27:46:40 \(h:mm:ss\); the limit is 4:00:00\.$"):
         sample_video(path, 4)
+
+
+def test_a_header_that_understates_the_length_is_not_believed(tmp_path):
+    path = understate_mp4_duration(make_video(tmp_path / "long.mp4", frames=1000, size=(16, 16), fps=10))
+    with av.open(str(path)) as container:  # the header says 10 s; the stream holds 100
+        assert float(container.streams.video[0].duration * container.streams.video[0].time_base) == 10.0
+    with pytest.raises(MediaError, match=r"^long.mp4 lasts 0:01:40 \(h:mm:ss\); the limit is 0:01:00\.$"):
+        sample_video(path, 4, replace(LIMITS, max_video_seconds=60.0))
+    assert sample_video(path, 4).duration == pytest.approx(100.0, abs=0.2)
 
 
 def test_decord_reads_the_same_frames_as_pyav(tmp_path):

@@ -35,6 +35,20 @@ def test_candidate_grids_keep_the_official_order():
     ]  # fmt: skip
     assert candidate_grids(1, 1) == [(1, 1)]
     assert candidate_grids(2, 2) == [(1, 2), (2, 1)]
+
+
+def official_triple_loop(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+    """The official construction, as its source writes it (cubic in max_tiles)."""
+    grids = {(i, j) for n in range(min_tiles, max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+             if min_tiles <= i * j <= max_tiles}
+    return sorted(grids, key=lambda grid: grid[0] * grid[1])
+
+
+def test_candidate_grids_equal_the_official_loop_in_order_and_stay_small_for_any_bound():
+    for max_tiles in range(1, 41):
+        for min_tiles in range(1, max_tiles + 1):
+            assert candidate_grids(min_tiles, max_tiles) == official_triple_loop(min_tiles, max_tiles)
+    assert len(candidate_grids(1, 20_000)) == sum(20_000 // i for i in range(1, 20_001))  # d(1) + ... + d(20000)
     assert len(candidate_grids(1, 12)) == 35 and candidate_grids(1, 12)[-1][0] * candidate_grids(1, 12)[-1][1] == 12
 
 
