@@ -117,7 +117,8 @@ class ModelMenu:
             if engine.model is None:
                 try:
                     self._make_room(name, engine)  # reads the checkpoint's size (downloading it if needed)
-                    loaded = engine.load(progress)
+                    loaded = engine.load(progress and (  # its texts name the model, by the name clients see
+                        lambda fraction, text: progress(fraction, _hide_path(text, self._paths[name], name))))
                 except ValueError as e:  # CheckpointError and the loader's other checks
                     raise LoadError(f"Could not load {name}: {_hide_path(str(e), self._paths[name], name)}") from e
                 finally:

@@ -63,7 +63,8 @@ class RequestGuard:
                 self.reset_at[request["event_id"]] = time.monotonic()
                 await _end_event(server.get_blocks()._queue, request["event_id"])
             elif path.endswith("/join") and await self._refused(server, request):
-                return await _busy_reply(server, request)(scope, receive, send)
+                api_client = (b"x-gradio-user", b"api") in scope.get("headers", [])
+                return await _busy_reply(server, request, api_client)(scope, receive, send)
         await self.app(scope, _replay(body, receive), send)
 
     async def _upload(self, scope, receive, send):
@@ -142,9 +143,11 @@ async def _end_event(queue, event_id: str) -> None:
             ProcessCompletedMessage(output={}, success=True, event_id=event_id))
 
 
-def _busy_reply(server, request: dict) -> JSONResponse:
-    """The reply gradio gives a join that its validator refuses, so both clients show the message
-    (the page on the event's first input, gradio_client as a ValidationError)."""
+def _busy_reply(server, request: dict, api_client: bool) -> JSONResponse:
+    """A refused join, in the form each client shows: gradio_client (which marks its requests
+    `x-gradio-user: api`) raises a ValidationError from a validator's reply; the page toasts a text."""
+    if not api_client:
+        return JSONResponse({"detail": BUSY}, status_code=422)
     fn = server.get_blocks().fns[request["fn_index"]]
     first = next(iter(inspect.signature(fn.fn).parameters), "message")
     refusal = {"__type__": "validate", "is_valid": False, "message": BUSY, "parameter_name": first}

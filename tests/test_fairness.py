@@ -156,3 +156,16 @@ def test_an_upload_carries_at_most_a_chats_worth_of_files(app_server):
     client = connect(app_server)  # and the app goes on serving
     assert client.predict("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")
     client.close()
+
+
+def test_the_page_is_told_in_words_it_can_toast(app_server):
+    """The page's client toasts a join refused with a text (gradio_client gets a ValidationError)."""
+    info = httpx.get(app_server.url + "config").json()
+    fn_index = next(d["id"] for d in info["dependencies"] if d.get("api_name") == "chat")
+    data = [STORY, None, None, [], "sys", 1, 4, 0, 1.0, 4096, 1.0, 0, 0, None]
+    join = {"data": data, "fn_index": fn_index, "session_hash": "a-page"}
+    first = httpx.post(app_server.url + "gradio_api/queue/join", json=join, timeout=10)
+    second = httpx.post(app_server.url + "gradio_api/queue/join", json=join, timeout=10)
+    assert first.status_code == 200
+    assert second.status_code == 422 and second.json() == {"detail": BUSY}
+    httpx.post(app_server.url + "gradio_api/reset", json={"event_id": first.json()["event_id"]}, timeout=10)

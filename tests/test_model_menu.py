@@ -94,3 +94,14 @@ def test_two_models_load_at_the_same_time_and_others_build_modules_meanwhile(two
         assert torch.equal(model.mlp1[1].weight, stored["mlp1.1.weight"])
         assert torch.equal(model.language_model.model.norm.weight, stored["language_model.model.norm.weight"])
         assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+
+
+def test_loading_progress_names_the_model_never_its_folder(two_models):
+    from eagle_demo.models import ModelMenu
+
+    menu = ModelMenu(two_models[:1], device="cpu")
+    texts = []
+    with menu.use(menu.names[0], lambda fraction, text: texts.append(text)):
+        pass
+    assert texts and any("first-eagle" in t for t in texts)
+    assert not any(two_models[0] in t or "/" in t for t in texts), texts
