@@ -1,19 +1,27 @@
 """Decode speed and time to first token of the engine, against plain transformers `generate`.
 
 Standard request: one 12-tile image plus a ~20-token question, 256 new tokens, batch 1, greedy,
-random weights of the chosen size (weights' values do not change the cost). Prints JSON lines;
-the last one holds the summary. Made for a GPU (`--size 1B|2B|9B`); on a CPU use `--size small`.
+random weights of the chosen size (weights' values do not change the cost). The engine and
+`generate` alternate, --repeats runs each, on the same weights and prompt; the summary gives
+medians and the spread (min, max) of both and of their ratio, the bare decode loop, and the peak
+RSS. Prints JSON lines; the last one holds the summary.
+
+--text-tokens N: decode only, after a text prompt of about N tokens (no image), so the ratio to
+`generate` can be measured often on a CPU (1B, N=2000: a few minutes on 2 cores).
 
     python benchmarks/bench_decode.py --size 1B
+    python benchmarks/bench_decode.py --size 1B --device cpu --text-tokens 2000 --new-tokens 32
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import QUESTION, checkpoint, default_device, emit, transformers_twin, twelve_tile_image  # noqa: E402
-from eagle_demo.config import GenerationSettings  # noqa: E402
+from eagle_demo.config import LIMITS, GenerationSettings  # noqa: E402
 from eagle_demo.engine import Engine, Message  # noqa: E402
 
 # Memory bandwidth used for the roofline, bytes/s, by GPU name (vendor figures).
@@ -33,10 +41,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def engine_run(engine: Engine, image: str, new_tokens: int) -> dict:
+def engine_run(engine: Engine, message: Message, new_tokens: int) -> dict:
     settings = GenerationSettings(temperature=0.0, max_new_tokens=new_tokens, repetition_penalty=1.0)
-    engine.clear_caches()  # the image turn is measured cold: tiling, vision tower, full prefill
-    gen = engine.chat([Message("user", QUESTION, images=[image])], "You are a helpful assistant.", settings)
+    engine.clear_caches()  # the turn is measured cold: tiling, vision tower, full prefill
+    gen = engine.chat([message], "You are a helpful assistant.", settings)
     start = time.perf_counter()
     for _ in gen:
         pass
@@ -62,7 +70,6 @@ def generate_baseline(engine: Engine, gen, new_tokens: int) -> tuple[float, list
         sync(engine.device)
         return time.perf_counter() - start, out[0].tolist()
 
-    timed(2)  # warm-up
     first, _ = timed(1)
     total, ids = timed(new_tokens)
     return (new_tokens - 1) / (total - first), ids
@@ -84,49 +91,74 @@ def bare_loop(engine: Engine, gen, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def spread(values: list[float], digits: int = 2) -> dict:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
+
+
+def text_prompt(tokens: int) -> str:
+    """A question of about `tokens` tokens (Eagle2's tokenizer writes these words as one token each)."""
+    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex".split()
+    return " ".join(words[i % len(words)] for i in range(tokens)) + "\n" + QUESTION
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default=None, help="tiny, small, 1B, 2B or 9B (default: 1B on GPU, small on CPU)")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the engine and of generate, alternating")
+    parser.add_argument("--text-tokens", type=int, default=0, help="decode only, after a text prompt this long")
     args = parser.parse_args()
     size = args.size or ("1B" if args.device.startswith("cuda") else "small")
 
     start = time.perf_counter()
     path = checkpoint(size)
-    engine = Engine(str(path), device=args.device)
+    # a ~2k-token question is longer than one chat message may be (8,000 characters)
+    engine = Engine(str(path), device=args.device, limits=replace(LIMITS, max_prompt_chars=10 * args.text_tokens))
     engine.load()
     engine.stop_ids = set()  # random weights may pick <|im_end|> at any step: always decode the full length
-    image = twelve_tile_image(Path(tempfile.mkdtemp()))
+    message = (Message("user", text_prompt(args.text_tokens)) if args.text_tokens else
+               Message("user", QUESTION, images=[twelve_tile_image(Path(tempfile.mkdtemp()))]))
     emit(stage="load", size=size, device=args.device, seconds=round(time.perf_counter() - start, 2),
-         cuda_graphs=bool(engine.decoder.graphs))
+         cuda_graphs=bool(engine.decoder.graphs), threads=torch.get_num_threads())
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    engine_run(engine, image, 8)  # warm-up
-    runs = [engine_run(engine, image, args.new_tokens) for _ in range(args.repeats)]
-    for r in runs:
-        t = r["gen"].timings
-        emit(stage="engine", tiles=r["gen"].num_tiles, prompt_tokens=len(r["gen"].prompt_token_ids),
-             tokens=len(r["gen"].token_ids), media_s=round(t["media_s"], 4), vision_s=round(t["vision_s"], 4),
+    last = engine_run(engine, message, 8)["gen"]  # warm-up, both sides
+    generate_baseline(engine, last, 2)
+    engine_tps, generate_tps, ttft = [], [], []
+    for _ in range(args.repeats):  # alternating, so that a slower stretch of the machine hits both alike
+        run = engine_run(engine, message, args.new_tokens)
+        last, t = run["gen"], run["gen"].timings
+        emit(stage="engine", tiles=last.num_tiles, prompt_tokens=len(last.prompt_token_ids),
+             tokens=len(last.token_ids), media_s=round(t["media_s"], 4), vision_s=round(t["vision_s"], 4),
              prefill_s=round(t["prefill_s"], 4), ttft_s=round(t["ttft_s"], 4),
              tokens_per_s=round(t["decode_tokens_per_s"], 1))
-    last = runs[-1]["gen"]
-    tps = statistics.median(r["gen"].timings["decode_tokens_per_s"] for r in runs)
-    ttft = statistics.median(r["gen"].timings["ttft_s"] for r in runs)
+        baseline, baseline_ids = generate_baseline(engine, last, args.new_tokens)
+        emit(stage="generate", tokens_per_s=round(baseline, 1))
+        engine_tps.append(t["decode_tokens_per_s"])
+        generate_tps.append(baseline)
+        ttft.append(t["ttft_s"])
     bare = bare_loop(engine, last, args.new_tokens)
     emit(stage="bare_loop", tokens_per_s=round(bare, 1))
-    baseline_tps, baseline_ids = generate_baseline(engine, last, args.new_tokens)
-    emit(stage="generate", tokens_per_s=round(baseline_tps, 1))
+    emit(**summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare))
 
-    summary = {"summary": True, "size": size, "device": args.device,
+
+def summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare) -> dict:
+    tps = statistics.median(engine_tps)
+    summary = {"summary": True, "size": size, "device": args.device, "text_tokens": args.text_tokens or None,
+               "prompt_tokens": len(last.prompt_token_ids), "new_tokens": args.new_tokens,
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-               "tokens_per_s": round(tps, 1), "ttft_s": round(ttft, 4),
-               "ratio_to_generate": round(tps / baseline_tps, 2),
+               "tokens_per_s": round(tps, 1), "engine_tokens_per_s": spread(engine_tps, 1),
+               "generate_tokens_per_s": spread(generate_tps, 1), "bare_loop_tokens_per_s": round(bare, 1),
+               "ttft_s": round(statistics.median(ttft), 4),
+               "ratio_to_generate": round(tps / statistics.median(generate_tps), 2),
+               "ratio_per_run": spread([e / g for e, g in zip(engine_tps, generate_tps)]),
                "stream_overhead": round(bare / tps - 1, 3),
                "greedy_match_tokens": next((i for i, (a, b) in enumerate(zip(last.token_ids, baseline_ids))
-                                            if a != b), len(last.token_ids))}
+                                            if a != b), len(last.token_ids)),
+               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     lm = engine.model.language_model
     if args.device.startswith("cuda"):
         weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
@@ -134,7 +166,7 @@ def main() -> None:
         if bandwidth:
             summary["roofline_pct"] = round(100 * tps * weight_bytes / bandwidth, 1)
         summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    emit(**summary)
+    return summary
 
 
 if __name__ == "__main__":

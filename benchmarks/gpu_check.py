@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import bare_loop, engine_run, generate_baseline  # noqa: E402
-from benchmarks.common import checkpoint, emit, twelve_tile_image  # noqa: E402
+from benchmarks.common import QUESTION, checkpoint, emit, twelve_tile_image  # noqa: E402
 from eagle_demo.config import GenerationSettings, Limits  # noqa: E402
 from eagle_demo.engine import Engine, GenerationError, Message  # noqa: E402
 
@@ -81,7 +81,7 @@ class Checks:
 
 
 def greedy_turn(engine: Engine, image: str, new_tokens: int) -> dict:
-    run = engine_run(engine, image, new_tokens)
+    run = engine_run(engine, Message("user", QUESTION, images=[image]), new_tokens)
     gen = run["gen"]
     return {"gen": gen, "fields": {
         "tiles": gen.num_tiles, "prompt_tokens": len(gen.prompt_token_ids), "tokens": len(gen.token_ids),
@@ -105,7 +105,8 @@ def size_check(size: str, path: Path, image: str, args) -> dict:
     start = time.perf_counter()
     engine = new_engine(path, args.device, dtype="bfloat16" if cuda else None)
     fields = {"size": size, "load_s": round(time.perf_counter() - start, 2), "cuda_graphs": bool(engine.decoder.graphs)}
-    engine_run(engine, image, 8)  # warm-up
+    warm = greedy_turn(engine, image, 8)
+    generate_baseline(engine, warm["gen"], 2)  # warm-up, both sides
     captured = greedy_turn(engine, image, args.new_tokens)
     fields.update(captured["fields"])
     fields["bare_loop_tokens_per_s"] = round(bare_loop(engine, captured["gen"], args.new_tokens), 1)

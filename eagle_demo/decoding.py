@@ -44,8 +44,9 @@ class Decoder:
                 log.warning("CUDA graph capture failed (%s); decoding eagerly", e)
                 self.graphs = {}
 
-    def _forward_one(self, token: torch.Tensor, pos: torch.Tensor, attend_len: int) -> torch.Tensor:
-        hidden = self.lm(self.lm.embed(token.view(1, 1)), pos, self.cache, attend_len)
+    def _forward_one(self, token: torch.Tensor, pos: torch.Tensor, attend_len: int,
+                     sees_all: bool = False) -> torch.Tensor:
+        hidden = self.lm(self.lm.embed(token.view(1, 1)), pos, self.cache, attend_len, sees_all)
         return self.lm.logits(hidden[0, -1])
 
     def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
@@ -55,7 +56,7 @@ class Decoder:
         """
         self._pos.fill_(pos)
         if not self.bucketed:
-            return self._forward_one(token, self._pos, pos + 1)
+            return self._forward_one(token, self._pos, pos + 1, sees_all=True)  # the filled slots, 0..pos
         span = next(s for s in self.spans if s > pos)
         if span not in self.graphs:
             return self._forward_one(token, self._pos, span)

@@ -75,8 +75,8 @@ class Attention(nn.Module):
         k_all.index_copy_(2, input_pos, k.to(k_all.dtype))
         v_all.index_copy_(2, input_pos, v.to(v_all.dtype))
         k_all, v_all = k_all[:, :, :attend_len], v_all[:, :, :attend_len]
-        if mask is None:  # a fresh prompt starting at position 0: plain causal attention
-            out = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True, enable_gqa=True)
+        if mask is None:  # a fresh prompt from position 0 (causal), or one token that sees everything
+            out = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=length > 1, enable_gqa=True)
         else:
             # Fold the query heads sharing a key/value head into the query length: masked attention
             # with grouped heads would otherwise fall back to the math kernel, which copies the
@@ -149,16 +149,18 @@ class Qwen2LM(nn.Module):
         return self.model.embed_tokens(input_ids)
 
     def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor, cache: KVCache,
-                attend_len: int | None = None) -> torch.Tensor:
+                attend_len: int | None = None, sees_all: bool = False) -> torch.Tensor:
         """Run `embeds` [1, L, H] at positions `input_pos` [L]; return the final hidden states.
 
         Keys and values are written into `cache` at `input_pos`; queries attend to the first
         `attend_len` cache slots (default: up to the last input position), masked causally.
+        sees_all: one token whose `attend_len` slots are all at or before it, so no mask is needed
+        (an all-True mask would cost a copy per query head group, every decode step).
         """
         if attend_len is None:
             attend_len = int(input_pos[-1]) + 1
         fresh = attend_len == embeds.shape[1]  # positions 0..L-1: the causal kernel needs no mask
-        mask = None if fresh else (
+        mask = None if fresh or sees_all else (
             torch.arange(attend_len, device=embeds.device)[None, :] <= input_pos[:, None])
         angles = input_pos.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)
