@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # What the caches of tiled images (host memory) and of image features (the model's device) may hold.
 PIXEL_CACHE_BYTES = 512 << 20  # 16 images of 13 tiles
 FEATURE_CACHE_BYTES = 512 << 20
+# Tiles through the vision tower at once on a CPU: a 12-tile photo takes a minute there, so it goes
+# in steps the user can watch, with a bounded peak of activations. A GPU takes them all at once.
+CPU_VISION_CHUNK = 2
 
 
 class PromptError(ValueError):
@@ -206,11 +209,12 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
-             cancel: threading.Event | None = None) -> "Generation":
+             cancel: threading.Event | None = None, progress: Callable[[str], None] | None = None) -> "Generation":
         """Prepare a request (media, prompt) and return its Generation, which streams the answer.
 
         Raises MediaError or PromptError for requests the user must change; nothing is decoded
-        until the Generation is iterated.
+        until the Generation is iterated. `progress` hears the stages before the first token:
+        the tiles read by the vision tower so far, then the prompt being read.
         """
         settings = settings or GenerationSettings()
         turns_in = _group_turns(messages, system, self.limits)
@@ -235,7 +239,7 @@ class Engine:
             raise PromptError(f"This conversation needs {len(prompt.input_ids):,} tokens, more than the "
                               f"model's {self.context:,}. Clear the chat or send fewer images.")
         return Generation(self, prompt, settings, min(settings.max_new_tokens, room), cancel,
-                          {"media_s": time.perf_counter() - t0})
+                          {"media_s": time.perf_counter() - t0}, progress or (lambda text: None))
 
     def _digest(self, path: str) -> str:
         stat = os.stat(path)
@@ -274,7 +278,8 @@ class Engine:
         return cached
 
     # ------------------------------------------------------------------ model work (under _run_lock)
-    def _embed_prompt(self, prompt: preprocessing.Prompt) -> torch.Tensor:
+    def _embed_prompt(self, prompt: preprocessing.Prompt,
+                      progress: Callable[[str], None] = lambda text: None) -> torch.Tensor:
         lm = self.model.language_model
         ids = torch.tensor(prompt.input_ids, device=self.device)
         embeds = lm.embed(ids[None])
@@ -282,7 +287,7 @@ class Engine:
             found = {v.key: self._features.get(v.key) for v in prompt.visuals}
             new = list({v.key: v for v in prompt.visuals if found[v.key] is None}.values())
             if new:
-                encoded = self.model.encode_images(torch.cat([v.pixel_values for v in new]).to(self.device))
+                encoded = self._encode(torch.cat([v.pixel_values for v in new]), progress)
                 self.vision_calls += len(new)
                 for v, feats in zip(new, encoded.split([v.pixel_values.shape[0] for v in new])):
                     found[v.key] = feats.flatten(0, 1)
@@ -294,10 +299,21 @@ class Engine:
             embeds[0, positions] = feats.to(embeds.dtype)
         return embeds
 
-    def _prefill(self, prompt: preprocessing.Prompt, embeds: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _encode(self, pixels: torch.Tensor, progress: Callable[[str], None]) -> torch.Tensor:
+        """Image features of `pixels` [N, 3, H, W], in chunks on a CPU, reported as they are done."""
+        chunk = CPU_VISION_CHUNK if self.device == "cpu" else len(pixels)
+        parts = []
+        for start in range(0, len(pixels), chunk):
+            progress(f"reading the images: {start} of {len(pixels)} tiles")
+            parts.append(self.model.encode_images(pixels[start:start + chunk].to(self.device)))
+        return torch.cat(parts)
+
+    def _prefill(self, prompt: preprocessing.Prompt, embeds: torch.Tensor,
+                 progress: Callable[[str], None] = lambda text: None) -> tuple[torch.Tensor, int]:
         """Run the part of the prompt the KV cache does not hold yet; return last logits and reuse."""
         sig = _signature(prompt, self.tokens.img_context)
         reuse = _common_prefix(self._cached_sig, sig, limit=len(sig) - 1)
+        progress(f"reading the prompt: {len(sig) - reuse:,} tokens")
         self._cached_sig = []  # invalid until this prefill completes
         positions = torch.arange(reuse, len(sig), device=self.device)
         hidden = self.model.language_model(embeds[:, reuse:], positions, self.decoder.cache)
@@ -309,8 +325,8 @@ class Generation:
     """Iterate for the answer's text deltas. Afterwards: text, token ids, tile counts and timings."""
 
     def __init__(self, engine: Engine, prompt, settings: GenerationSettings, max_new_tokens: int,
-                 cancel: threading.Event | None, timings: dict):
-        self.engine, self.prompt, self.settings = engine, prompt, settings
+                 cancel: threading.Event | None, timings: dict, progress: Callable[[str], None]):
+        self.engine, self.prompt, self.settings, self.progress = engine, prompt, settings, progress
         self.max_new_tokens = max_new_tokens
         self.cancel = cancel or threading.Event()
         self.timings = timings
@@ -351,10 +367,10 @@ class Generation:
     def _begin(self) -> None:
         engine = self.engine
         self._t_start = time.perf_counter()
-        embeds = engine._embed_prompt(self.prompt)
+        embeds = engine._embed_prompt(self.prompt, self.progress)
         _sync(engine.device)
         self._t_prefill = time.perf_counter()
-        self._logits, reuse = engine._prefill(self.prompt, embeds)
+        self._logits, reuse = engine._prefill(self.prompt, embeds, self.progress)
         self.timings.update(vision_s=self._t_prefill - self._t_start, reused_tokens=reuse,
                             prefill_tokens=len(self.prompt_token_ids) - reuse)
         device = self._logits.device

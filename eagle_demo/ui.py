@@ -345,7 +345,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         def work(emit, cancel):
             with menu.use(model, lambda fraction, text: emit(AnswerUpdate(status=text))) as engine:
                 emit(AnswerUpdate(status=menu.status(model)))
-                generation = engine.chat(engine_messages(turns), system, settings, cancel=cancel)
+                generation = engine.chat(engine_messages(turns), system, settings, cancel=cancel,
+                                         progress=lambda stage: emit(AnswerUpdate(status=stage)))
                 text = ""
                 for delta in generation:
                     text += delta

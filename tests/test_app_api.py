@@ -207,3 +207,20 @@ def test_readme_client_example_works_as_written(app_server, monkeypatch, capsys)
     printed = capsys.readouterr().out  # gradio_client's "Loaded as API" line, then the answer
     answer = app_server.recorder.generations[-1].text
     assert answer and printed.endswith(answer + "\n")
+
+
+def test_the_status_shows_the_stages_before_the_first_word(client, tmp_path):
+    """On a CPU the page's status line counts the tiles through the vision tower, then the prompt."""
+    from tests.media_factory import make_image
+
+    image = handle_file(str(make_image(tmp_path / "fresh.png", (900, 600))))  # not in the engine's caches
+    history = [{"role": "user", "content": [{"type": "file", "file": image},
+                                            {"type": "text", "text": "What is this?"}]}]
+    job = client.submit(history, None, "You are a helpful assistant.", 6, 8, 0.0, 1.0, 4, 1.0, 0, 0,
+                        api_name="/respond")
+    statuses = [status for _, status in stream(job) if isinstance(status, str)]
+    reading = [s for s in statuses if "reading the" in s]
+    assert reading[0].endswith("reading the images: 0 of 7 tiles"), statuses  # a 3x2 grid and the thumbnail
+    assert any(s.endswith("reading the images: 6 of 7 tiles") for s in reading)
+    assert reading[-1].split("reading the prompt: ")[1].endswith(" tokens")
+    assert statuses[-1].startswith("**Model** tiny-eagle2 · ready")

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import transformers_twin
+from eagle_demo import engine as engine_module
 from eagle_demo.config import GenerationSettings, Limits
 from eagle_demo.decoding import TextStream, sample_next
 from eagle_demo.engine import Engine, Message, PromptError
@@ -244,3 +245,17 @@ def test_a_checkpoint_without_dynamic_tiling_gets_one_tile_per_image(tmp_path, i
     (path / "config.json").write_text(json.dumps({**config, "dynamic_image_size": False}))
     gen = Engine(str(path), device="cpu").chat([Message("user", "What?", images=images[:2])], "", GREEDY)
     assert gen.num_tiles == [1, 1]
+
+
+def test_a_cpu_reads_the_tiles_in_steps_it_reports_and_the_answer_is_the_same(checkpoints, images, monkeypatch):
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=8, max_tiles=6)
+    messages = [Message("user", "Describe both.", images=images[:2])]
+    stages = []
+    stepped = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu")
+    gen = run(stepped, messages, settings, progress=stages.append)
+    tiles = sum(gen.num_tiles)
+    steps = [f"reading the images: {done} of {tiles} tiles" for done in range(0, tiles, engine_module.CPU_VISION_CHUNK)]
+    assert stages == [*steps, f"reading the prompt: {len(gen.prompt_token_ids):,} tokens"]
+    monkeypatch.setattr(engine_module, "CPU_VISION_CHUNK", 10_000)  # all tiles at once, as on a GPU
+    at_once = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings)
+    assert gen.token_ids == at_once.token_ids
