@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="hub id or local checkpoint folder; a comma list adds a model menu [EAGLE_MODEL]")
     p.add_argument("--load-8bit", action="store_true", default=_env_flag("EAGLE_LOAD_8BIT"),
                    help="8-bit weights through bitsandbytes (CUDA only) [EAGLE_LOAD_8BIT]")
+    p.add_argument("--cpu-int8", action="store_true", default=_env_flag("EAGLE_CPU_INT8"),
+                   help="dynamic int8 Linear layers on a CPU: faster, not exact (see README) [EAGLE_CPU_INT8]")
     p.add_argument("--device", default=env("EAGLE_DEVICE"),
                    help="cpu, cuda or cuda:N; default: cuda when available [EAGLE_DEVICE]")
     p.add_argument("--dtype", default=env("EAGLE_DTYPE"), choices=["float32", "bfloat16", "float16"],
@@ -95,7 +97,7 @@ def build(args: argparse.Namespace):
         sys.exit(problem)
     limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
     menu = ModelMenu(models, max_loaded=args.max_models, device=args.device or ("cuda" if ZERO_GPU else None),
-                     dtype=args.dtype, load_8bit=args.load_8bit, limits=limits, attn=args.attn,
+                     dtype=args.dtype, load_8bit=args.load_8bit, limits=limits, attn=args.attn, cpu_int8=args.cpu_int8,
                      # ZeroGPU lends a GPU per call: there is none to capture graphs on at start-up
                      use_cuda_graphs=False if ZERO_GPU else None)
     if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call

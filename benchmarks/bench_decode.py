@@ -9,6 +9,10 @@ RSS. Prints JSON lines; the last one holds the summary.
 --text-tokens N: decode only, after a text prompt of about N tokens (no image), so the ratio to
 `generate` can be measured often on a CPU (1B, N=2000: a few minutes on 2 cores).
 
+--cpu-int8: the engine runs with dynamic int8 Linear layers; `generate` (the baseline) and the
+error figures use the float32 weights: the first step's logits against float32 (largest
+difference over the largest logit, and whether the top token agrees) and the greedy match.
+
     python benchmarks/bench_decode.py --size 1B
     python benchmarks/bench_decode.py --size 1B --device cpu --text-tokens 2000 --new-tokens 32
 """
@@ -109,15 +113,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the engine and of generate, alternating")
     parser.add_argument("--text-tokens", type=int, default=0, help="decode only, after a text prompt this long")
+    parser.add_argument("--cpu-int8", action="store_true", help="the engine with dynamic int8 Linear layers")
     args = parser.parse_args()
     size = args.size or ("1B" if args.device.startswith("cuda") else "small")
 
     start = time.perf_counter()
     path = checkpoint(size)
-    # a ~2k-token question is longer than one chat message may be (8,000 characters)
-    engine = Engine(str(path), device=args.device, limits=replace(LIMITS, max_prompt_chars=10 * args.text_tokens))
-    engine.load()
-    engine.stop_ids = set()  # random weights may pick <|im_end|> at any step: always decode the full length
+    engine = new_engine(path, args)
+    reference = new_engine(path, args, float32=True) if args.cpu_int8 else engine  # generate's weights
     message = (Message("user", text_prompt(args.text_tokens)) if args.text_tokens else
                Message("user", QUESTION, images=[twelve_tile_image(Path(tempfile.mkdtemp()))]))
     emit(stage="load", size=size, device=args.device, seconds=round(time.perf_counter() - start, 2),
@@ -126,7 +129,8 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
 
     last = engine_run(engine, message, 8)["gen"]  # warm-up, both sides
-    generate_baseline(engine, last, 2)
+    generate_baseline(reference, last, 2)
+    error = int8_error(engine, reference, last.prompt) if args.cpu_int8 else {}
     engine_tps, generate_tps, ttft = [], [], []
     for _ in range(args.repeats):  # alternating, so that a slower stretch of the machine hits both alike
         run = engine_run(engine, message, args.new_tokens)
@@ -135,14 +139,35 @@ def main() -> None:
              tokens=len(last.token_ids), media_s=round(t["media_s"], 4), vision_s=round(t["vision_s"], 4),
              prefill_s=round(t["prefill_s"], 4), ttft_s=round(t["ttft_s"], 4),
              tokens_per_s=round(t["decode_tokens_per_s"], 1))
-        baseline, baseline_ids = generate_baseline(engine, last, args.new_tokens)
+        baseline, baseline_ids = generate_baseline(reference, last, args.new_tokens)
         emit(stage="generate", tokens_per_s=round(baseline, 1))
         engine_tps.append(t["decode_tokens_per_s"])
         generate_tps.append(baseline)
         ttft.append(t["ttft_s"])
     bare = bare_loop(engine, last, args.new_tokens)
     emit(stage="bare_loop", tokens_per_s=round(bare, 1))
-    emit(**summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare))
+    emit(**summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare), **error)
+
+
+def new_engine(path: Path, args, float32: bool = False) -> Engine:
+    # a ~2k-token question is longer than one chat message may be (8,000 characters)
+    engine = Engine(str(path), device=args.device, cpu_int8=args.cpu_int8 and not float32,
+                    limits=replace(LIMITS, max_prompt_chars=10 * args.text_tokens))
+    engine.load()
+    engine.stop_ids = set()  # random weights may pick <|im_end|> at any step: always decode the full length
+    return engine
+
+
+@torch.inference_mode()
+def int8_error(engine: Engine, reference: Engine, prompt) -> dict:
+    """The first step's logits of the int8 engine against float32's, on the same prompt."""
+    def first_logits(e: Engine) -> torch.Tensor:
+        e.clear_caches()
+        return e._prefill(prompt, e._embed_prompt(prompt))[0]
+
+    ours, exact = first_logits(engine), first_logits(reference)
+    return {"int8_logit_error": round(float((ours - exact).abs().max() / exact.abs().max()), 4),
+            "int8_top1_agrees": bool(ours.argmax() == exact.argmax())}
 
 
 def summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare) -> dict:

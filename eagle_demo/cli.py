@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", choices=["cpu", "cuda"], default=None)
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     gen.add_argument("--load-8bit", action="store_true")
+    gen.add_argument("--cpu-int8", action="store_true", help="dynamic int8 Linear layers on a CPU: faster, not exact")
     gen.add_argument("--json", action="store_true",
                      help="print only one JSON object at the end: text, prompt_token_ids, token_ids, num_tiles")
 
@@ -52,7 +53,8 @@ def _generate(args) -> int:
         max_tiles=args.max_tiles, num_frames=args.frames, temperature=args.temperature, top_p=args.top_p,
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
         seed=args.seed)
-    engine = Engine(args.model, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit)
+    engine = Engine(args.model, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
+                    cpu_int8=args.cpu_int8)
     message = Message("user", args.prompt, images=args.image, video=args.video)
     generation = engine.chat([message], args.system, settings)
     for delta in generation:

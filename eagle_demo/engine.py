@@ -97,12 +97,13 @@ class Engine:
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
                  load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool | None = None,
-                 attn: str = "sdpa"):
+                 attn: str = "sdpa", cpu_int8: bool = False):
         self.model_name = model
         self.attn = attn
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.load_8bit = load_8bit
+        self.cpu_int8 = cpu_int8  # dynamic int8 Linear layers on a CPU (opt-in: not exact)
         self.limits = limits
         self.use_cuda_graphs = self.device.startswith("cuda") if use_cuda_graphs is None else use_cuda_graphs
         self.status = "not loaded"
@@ -130,6 +131,7 @@ class Engine:
             if self.model is not None:
                 return False
             from .model import load_eagle2, resolve_checkpoint
+            from .model.loading import to_dynamic_int8
 
             try:
                 self.status = f"fetching {self.model_name}…"
@@ -137,8 +139,12 @@ class Engine:
                 path = resolve_checkpoint(self.model_name)
                 self.status = f"loading {self.model_name} on {self.device}…"
                 report(0.3, self.status)
+                if self.cpu_int8 and (self.device != "cpu" or self.dtype not in (None, torch.float32)):
+                    raise ValueError("--cpu-int8 works on a CPU in float32 only")
                 model = load_eagle2(path, device=self.device, dtype=self.dtype, load_in_8bit=self.load_8bit,
                                     attn=self.attn)
+                if self.cpu_int8:
+                    to_dynamic_int8(model)
                 tokenizer = preprocessing.load_tokenizer(path)
                 self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
                 self._check_image_token(model)

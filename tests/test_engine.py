@@ -259,3 +259,16 @@ def test_a_cpu_reads_the_tiles_in_steps_it_reports_and_the_answer_is_the_same(ch
     monkeypatch.setattr(engine_module, "CPU_VISION_CHUNK", 10_000)  # all tiles at once, as on a GPU
     at_once = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings)
     assert gen.token_ids == at_once.token_ids
+
+
+def test_cpu_int8_quantizes_every_linear_layer_and_answers(checkpoints, images):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    engine = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu", cpu_int8=True)
+    gen = run(engine, [Message("user", "Describe.", images=images[:1])],
+              GenerationSettings(temperature=0.0, max_new_tokens=8, max_tiles=2))
+    assert len(gen.token_ids) > 0
+    linear = [m for m in engine.model.modules() if isinstance(m, (torch.nn.Linear, DynamicInt8Linear))]
+    assert linear and all(isinstance(m, DynamicInt8Linear) for m in linear)
+    with pytest.raises(ValueError, match="--cpu-int8 works on a CPU in float32 only"):
+        Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu", dtype="bfloat16", cpu_int8=True).load()

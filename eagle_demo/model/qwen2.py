@@ -171,4 +171,6 @@ class Qwen2LM(nn.Module):
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        """Float32 logits of hidden states [..., H]; a single state [H] goes in as a batch of one,
+        as PyTorch's dynamic int8 Linear (--cpu-int8) takes 2-D inputs only."""
+        return self.lm_head(hidden.unsqueeze(0)).squeeze(0).float()
