@@ -152,7 +152,7 @@ def main() -> None:
 def new_engine(path: Path, args, float32: bool = False) -> Engine:
     # a ~2k-token question is longer than one chat message may be (8,000 characters)
     engine = Engine(str(path), device=args.device, cpu_int8=args.cpu_int8 and not float32,
-                    limits=replace(LIMITS, max_prompt_chars=10 * args.text_tokens))
+                    limits=replace(LIMITS, max_prompt_chars=max(LIMITS.max_prompt_chars, 10 * args.text_tokens)))
     engine.load()
     engine.stop_ids = set()  # random weights may pick <|im_end|> at any step: always decode the full length
     return engine
