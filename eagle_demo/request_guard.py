@@ -74,7 +74,8 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         delimiter = b"--" + boundary.group(1).encode("latin-1")
         max_bytes = self.max_files * (self.max_file_bytes + 64 * 1024)  # a part's headers are small
-        if int(headers.get("content-length") or 0) > max_bytes:
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes:  # anything else: counted as it streams
             return await _too_large(self.max_files, self.max_file_bytes)(scope, receive, send)
         seen, parts, tail = 0, 0, b""
 
