@@ -134,13 +134,13 @@ class Engine:
             from .model.loading import to_dynamic_int8
 
             try:
+                if self.cpu_int8 and (self.device != "cpu" or self.dtype not in (None, torch.float32)):
+                    raise ValueError("--cpu-int8 works on a CPU in float32 only")  # before any download
                 self.status = f"fetching {self.model_name}…"
                 report(0.05, self.status)
                 path = resolve_checkpoint(self.model_name)
                 self.status = f"loading {self.model_name} on {self.device}…"
                 report(0.3, self.status)
-                if self.cpu_int8 and (self.device != "cpu" or self.dtype not in (None, torch.float32)):
-                    raise ValueError("--cpu-int8 works on a CPU in float32 only")
                 model = load_eagle2(path, device=self.device, dtype=self.dtype, load_in_8bit=self.load_8bit,
                                     attn=self.attn)
                 if self.cpu_int8:

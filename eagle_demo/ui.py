@@ -410,13 +410,11 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                  model: str | None = None) -> Iterator[str]:
         """Answer `message` about `images` / `video` after `history` ([{"role", "content"}] text
         messages); streams the answer so far."""
-        turns = []
-        if history is not None and not isinstance(history, list):
+        history = [] if history is None else history
+        if not isinstance(history, list) or not all(
+                isinstance(h, dict) and h.get("role") in ("user", "assistant") for h in history):
             raise InputError(f"history must be {HISTORY_HINT}.")
-        for h in history or []:
-            if not isinstance(h, dict) or h.get("role") not in ("user", "assistant"):
-                raise InputError(f"history must be {HISTORY_HINT}.")
-            turns.append({"role": h["role"], "text": _parts(h)[0], "images": [], "video": None})
+        turns = [{"role": h["role"], "text": _parts(h)[0], "images": [], "video": None} for h in history]
         turns.append({"role": "user", "text": message or "", "images": list(images or []), "video": video})
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import re
 
-import httpx
 import pytest
 
 from eagle_demo.config import SETTING_RANGES
-from tests.test_hostile_values import INTERNAL
+from tests.test_hostile_values import INTERNAL, call_raw
 
 MALFORMED = ["null", '"abc"', '""', '"\\ud800"', "5", "-1", "true", str(10**30), "NaN", "Infinity", "-Infinity",
              "[]", "{}", '[[[{"a": [1]}]]]', '{"path": "/etc/passwd"}', '["/etc/passwd"]']
@@ -59,22 +58,6 @@ def may_be_answered(endpoint: str, name: str, value: str) -> bool:
     return False
 
 
-def call(url: str, endpoint: str, values: list[str]) -> str | None:
-    """POST the values as written (NaN and lone surrogates included); None, or the error message."""
-    base = url.rstrip("/") + f"/gradio_api/call/{endpoint}"
-    reply = httpx.post(base, content='{"data": [' + ", ".join(values) + "]}",
-                       headers={"content-type": "application/json"}, timeout=30)
-    assert reply.status_code == 200, reply.text
-    with httpx.stream("GET", f"{base}/{reply.json()['event_id']}", timeout=60) as events:
-        text = "".join(events.iter_text())
-    if "event: error" not in text:
-        assert "event: complete" in text, text
-        return None
-    error = json.loads(text.split("event: error", 1)[1].split("data:", 1)[1].strip().splitlines()[0])
-    assert error and error.get("error"), f"an error with no message: {text}"
-    return error["error"]
-
-
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 def test_every_parameter_with_malformed_values(app_server, endpoint):
     good = ENDPOINTS[endpoint]
@@ -83,18 +66,18 @@ def test_every_parameter_with_malformed_values(app_server, endpoint):
         for value in MALFORMED:
             values = list(good.values())
             values[position] = value
-            message = call(app_server.url, endpoint, values)
+            message = call_raw(app_server.url, values, endpoint)
             if message is None:
                 if not may_be_answered(endpoint, name, value):
                     problems.append(f"{endpoint} {name}={value}: answered")
             elif INTERNAL.search(message) or not re.search(expected(endpoint, name), message):
                 problems.append(f"{endpoint} {name}={value}: {message}")
     assert not problems, "\n".join(problems)
-    assert call(app_server.url, endpoint, list(good.values())) is None  # still answering
+    assert call_raw(app_server.url, list(good.values()), endpoint) is None  # still answering
 
 
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 def test_too_few_values_says_how_many(app_server, endpoint):
-    message = call(app_server.url, endpoint, list(ENDPOINTS[endpoint].values())[:3])
+    message = call_raw(app_server.url, list(ENDPOINTS[endpoint].values())[:3], endpoint)
     assert message.startswith(f"This endpoint takes {len(ENDPOINTS[endpoint])} values (")
     assert "Send them all, or call it with gradio_client" in message

@@ -29,14 +29,21 @@ def refused(client, *args, **kwargs) -> str:
     return message
 
 
-def call_raw(url: str, body: str) -> str:
-    """POST a JSON body as written (NaN, lone-surrogate escapes) to /chat; the error it ends with."""
-    base = url.rstrip("/") + "/gradio_api/call/chat"
-    event = httpx.post(base, content=body, headers={"content-type": "application/json"}, timeout=30).json()
-    with httpx.stream("GET", f"{base}/{event['event_id']}", timeout=60) as events:
+def call_raw(url: str, values: list[str], endpoint: str = "chat") -> str | None:
+    """POST the values as written (NaN and lone-surrogate escapes included) to `endpoint`; None
+    when it answers, else its error message."""
+    base = url.rstrip("/") + f"/gradio_api/call/{endpoint}"
+    reply = httpx.post(base, content='{"data": [' + ", ".join(values) + "]}",
+                       headers={"content-type": "application/json"}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    with httpx.stream("GET", f"{base}/{reply.json()['event_id']}", timeout=60) as events:
         text = "".join(events.iter_text())
-    assert "event: error" in text, text
-    return text.split("event: error", 1)[1]
+    if "event: error" not in text:
+        assert "event: complete" in text, text
+        return None
+    error = json.loads(text.split("event: error", 1)[1].split("data:", 1)[1].strip().splitlines()[0])
+    assert error and error.get("error"), f"an error with no message: {text}"
+    return error["error"]
 
 
 @pytest.mark.parametrize(("setting", "value", "message"), [
@@ -65,16 +72,16 @@ def test_nan_infinity_and_lone_surrogates_sent_raw(app_server, client, position,
     data = ['"Hi"', "null", "null", "[]", '"You are a helpful assistant."', "1", "4", "1.0", "1.0", "4", "1.0",
             "0", "0", "null"]
     data[position] = value
-    error = call_raw(app_server.url, '{"data": [' + ", ".join(data) + "]}")
-    assert message in error and not INTERNAL.search(error), error
+    error = call_raw(app_server.url, data)
+    assert error is not None and message in error and not INTERNAL.search(error), error
     assert client.predict("Hi", **QUICK, api_name="/chat")
 
 
 def test_a_lone_surrogate_in_the_history_is_refused(app_server):
     history = '[{"role": "user", "content": "a \\ud800"}, {"role": "assistant", "content": "b"}]'
     data = ['"Hi"', "null", "null", history, '"sys"', "1", "4", "1.0", "1.0", "4", "1.0", "0", "0", "null"]
-    error = call_raw(app_server.url, '{"data": [' + ", ".join(data) + "]}")
-    assert "The message contains characters that are not valid text" in error
+    error = call_raw(app_server.url, data)
+    assert error is not None and "The message contains characters that are not valid text" in error
 
 
 @pytest.mark.parametrize("name,save", [
