@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 
 BUSY = ("You already have an answer on the way. Wait for it to finish, or press Stop, "
         "before asking again.")
-_ENDING_GRACE_S = 1.0  # a client's previous answer may still be closing when its next join arrives
+ENDING_GRACE_S = 1.0  # a client's previous answer may still be closing when its next join arrives
 
 
 class UploadTooLarge(Exception):
@@ -109,7 +109,7 @@ class RequestGuard:
         fn = blocks.fns.get(request.get("fn_index")) if isinstance(request.get("fn_index"), int) else None
         if fn is None or fn.concurrency_id != self.concurrency_id or not isinstance(session, str):
             return False
-        ends = time.monotonic() + _ENDING_GRACE_S
+        ends = time.monotonic() + ENDING_GRACE_S
         while self._answering(server, session):
             if time.monotonic() > ends:
                 return True

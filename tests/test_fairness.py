@@ -15,7 +15,7 @@ from gradio_client import Client
 from gradio_client.exceptions import ValidationError
 
 from eagle_demo.config import LIMITS, QUEUED_PER_ANSWER_SLOT
-from eagle_demo.request_guard import BUSY
+from eagle_demo.request_guard import BUSY, ENDING_GRACE_S
 from tests.conftest import ASSETS
 
 STORY = "Write a very long story."  # greedy on the tiny checkpoint: no end token for thousands of tokens
@@ -27,9 +27,16 @@ def connect(app_server) -> Client:
 
 
 def settle(recorder, seen: int, timeout: float = 30.0) -> list:
-    """The generations since `seen`, once every one of them has ended."""
-    end = time.monotonic() + timeout
-    while not all(g.finish_reason for g in recorder.generations[seen:]) and time.monotonic() < end:
+    """The generations since `seen`, once every one has ended and none has started for a while: a
+    join may wait out the guard's grace before it is queued, and reach the engine only then."""
+    end, quiet = time.monotonic() + timeout, 2 * ENDING_GRACE_S + 0.5
+    count, since = -1, time.monotonic()
+    while time.monotonic() < end:
+        ran = recorder.generations[seen:]
+        if len(ran) != count:
+            count, since = len(ran), time.monotonic()
+        elif all(g.finish_reason for g in ran) and time.monotonic() - since > quiet:
+            break
         time.sleep(0.05)
     return recorder.generations[seen:]
 
