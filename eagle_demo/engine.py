@@ -30,6 +30,8 @@ FEATURE_CACHE_BYTES = 512 << 20
 # Tiles through the vision tower at once on a CPU: a 12-tile photo takes a minute there, so it goes
 # in steps the user can watch, with a bounded peak of activations. A GPU takes them all at once.
 CPU_VISION_CHUNK = 2
+# Prompt tokens per prefill step on a CPU, for the same reasons; as fast as one step (bench_decode).
+CPU_PREFILL_CHUNK = 512
 
 
 class PromptError(ValueError):
@@ -131,7 +133,7 @@ class Engine:
             if self.model is not None:
                 return False
             from .model import load_eagle2, resolve_checkpoint
-            from .model.loading import to_dynamic_int8
+            from .model.loading import physical_cores, to_dynamic_int8
 
             try:
                 if self.cpu_int8 and (self.device != "cpu" or self.dtype not in (None, torch.float32)):
@@ -141,7 +143,10 @@ class Engine:
                 path = resolve_checkpoint(self.model_name)
                 self.status = f"loading {self.model_name} on {self.device}…"
                 report(0.3, self.status)
-                model = load_eagle2(path, device=self.device, dtype=self.dtype, load_in_8bit=self.load_8bit,
+                if self.device == "cpu":
+                    torch.set_num_threads(physical_cores())
+                dtype = torch.float32 if self.cpu_int8 else self.dtype  # bfloat16 may be a CPU's default
+                model = load_eagle2(path, device=self.device, dtype=dtype, load_in_8bit=self.load_8bit,
                                     attn=self.attn)
                 if self.cpu_int8:
                     to_dynamic_int8(model)
@@ -319,10 +324,12 @@ class Engine:
         """Run the part of the prompt the KV cache does not hold yet; return last logits and reuse."""
         sig = _signature(prompt, self.tokens.img_context)
         reuse = _common_prefix(self._cached_sig, sig, limit=len(sig) - 1)
-        progress(f"reading the prompt: {len(sig) - reuse:,} tokens")
         self._cached_sig = []  # invalid until this prefill completes
-        positions = torch.arange(reuse, len(sig), device=self.device)
-        hidden = self.model.language_model(embeds[:, reuse:], positions, self.decoder.cache)
+        chunk = CPU_PREFILL_CHUNK if self.device == "cpu" else len(sig)
+        for start in range(reuse, len(sig), chunk):
+            progress(f"reading the prompt: {start - reuse:,} of {len(sig) - reuse:,} tokens")
+            positions = torch.arange(start, min(start + chunk, len(sig)), device=self.device)
+            hidden = self.model.language_model(embeds[:, start:start + chunk], positions, self.decoder.cache)
         self._cached_sig = sig
         return self.model.language_model.logits(hidden[0, -1]), reuse
 

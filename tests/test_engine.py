@@ -247,16 +247,28 @@ def test_a_checkpoint_without_dynamic_tiling_gets_one_tile_per_image(tmp_path, i
     assert gen.num_tiles == [1, 1]
 
 
-def test_a_cpu_reads_the_tiles_in_steps_it_reports_and_the_answer_is_the_same(checkpoints, images, monkeypatch):
+def test_a_cpu_reads_tiles_and_prompt_in_steps_it_reports_and_the_answer_is_the_same(checkpoints, images,
+                                                                                   monkeypatch):
     settings = GenerationSettings(temperature=0.0, max_new_tokens=8, max_tiles=6)
     messages = [Message("user", "Describe both.", images=images[:2])]
     stages = []
-    stepped = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu")
-    gen = run(stepped, messages, settings, progress=stages.append)
-    tiles = sum(gen.num_tiles)
+    monkeypatch.setattr(engine_module, "CPU_PREFILL_CHUNK", 100)
+    gen = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings, progress=stages.append)
+    tiles, tokens = sum(gen.num_tiles), len(gen.prompt_token_ids)
+    assert tokens > 300  # several prompt steps, one of them not full
     steps = [f"reading the images: {done} of {tiles} tiles" for done in range(0, tiles, engine_module.CPU_VISION_CHUNK)]
-    assert stages == [*steps, f"reading the prompt: {len(gen.prompt_token_ids):,} tokens"]
-    monkeypatch.setattr(engine_module, "CPU_VISION_CHUNK", 10_000)  # all tiles at once, as on a GPU
+    prompt = [f"reading the prompt: {done:,} of {tokens:,} tokens" for done in range(0, tokens, 100)]
+    assert stages == steps + prompt
+    engine = gen.engine
+    with torch.inference_mode():
+        embeds = engine._embed_prompt(gen.prompt)
+        engine.clear_caches()
+        stepped, _ = engine._prefill(gen.prompt, embeds)
+        monkeypatch.setattr(engine_module, "CPU_PREFILL_CHUNK", 10_000)  # all at once, as on a GPU
+        engine.clear_caches()
+        whole, _ = engine._prefill(gen.prompt, embeds)
+    torch.testing.assert_close(stepped, whole, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(engine_module, "CPU_VISION_CHUNK", 10_000)
     at_once = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings)
     assert gen.token_ids == at_once.token_ids
 

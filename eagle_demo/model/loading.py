@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
@@ -111,9 +112,41 @@ def weight_files(path: Path) -> list[Path]:
                           "(only safetensors weights are read)")
 
 
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bfloat16 on CUDA, float32 elsewhere."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+def default_dtype(device: torch.device | str, cpuinfo: str | None = None) -> torch.dtype:
+    """bfloat16 on CUDA and on CPUs with native bfloat16 matmul; float32 elsewhere (a CPU without it
+    emulates bfloat16 through float32, slower than float32 itself)."""
+    kind = torch.device(device).type
+    return torch.bfloat16 if kind == "cuda" or (kind == "cpu" and native_bf16(cpuinfo)) else torch.float32
+
+
+def _read_cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            return file.read()
+    except OSError:  # not Linux
+        return ""
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bfloat16 natively: Intel AMX, or AVX512-BF16 (Intel, AMD Zen 4 on).
+    `cpuinfo`: the text of /proc/cpuinfo (read when not given)."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def physical_cores(cpuinfo: str | None = None) -> int:
+    """Threads for matmuls on this CPU: one per physical core (SMT siblings share a core's vector
+    units, so a thread each only adds contention), at most the CPUs this process may use."""
+    allowed = len(os.sched_getaffinity(0))
+    cores, physical = set(), "0"
+    for line in (_read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "physical id":
+            physical = value
+        elif key == "core id":
+            cores.add((physical, value))
+    return min(allowed, len(cores)) if cores else allowed
 
 
 def weight_bytes(path: Path, dtype: torch.dtype) -> int:
