@@ -14,11 +14,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import media, preprocessing
+from . import media, preprocessing, wait
 from .config import LIMITS, GenerationSettings, Limits
 from .decoding import Decoder, HostToken, TextStream, sample_next
 
@@ -112,6 +113,9 @@ class Engine:
         self.model = None
         self.tokenizer = None
         self.vision_calls = 0  # visuals sent through the vision tower since load
+        self.tiles_encoded = 0
+        self._path = None  # the checkpoint folder, once resolved
+        self._wait_rates: wait.WaitRates | None = None  # a CPU's cost per tile and per prompt token
         self._weight_bytes: int | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one decode at a time: the model and KV cache are shared
@@ -140,7 +144,7 @@ class Engine:
                     raise ValueError("--cpu-int8 works on a CPU in float32 only")  # before any download
                 self.status = f"fetching {self.model_name}…"
                 report(0.05, self.status)
-                path = resolve_checkpoint(self.model_name)
+                path = self._path = resolve_checkpoint(self.model_name)
                 self.status = f"loading {self.model_name} on {self.device}…"
                 report(0.3, self.status)
                 if self.device == "cpu":
@@ -217,6 +221,66 @@ class Engine:
             self._pixels.clear()
             self._features.clear()
             self._cached_sig = []
+
+    # ------------------------------------------------------------------ the wait on a CPU
+    def first_word_estimate(self, images: list[str], video: str | None,
+                            settings: GenerationSettings) -> wait.WaitEstimate | None:
+        """How long a CPU would work before the first word of a message with these images (files
+        already checked) and video. None on a GPU, or before a hub checkpoint is fetched."""
+        rates = self._rates()
+        if rates is None:
+            return None
+        cfg = self._config()
+        sizes = [media.image_size(p, self.limits) for p in images]
+        frames = min(settings.num_frames, self.limits.max_video_frames) if video else 0
+        context = min(self.limits.context_tokens, cfg.text.max_position_embeddings)
+        max_tiles = preprocessing.fit_tiles_to_context(
+            sizes, frames, settings.max_tiles if cfg.dynamic_image_size else 1, context_tokens=context,
+            tile_size=cfg.tile_size, tokens_per_tile=cfg.tokens_per_tile, use_thumbnail=cfg.use_thumbnail)
+        tiles = frames + sum(preprocessing.count_tiles(w, h, max_tiles, cfg.tile_size, cfg.use_thumbnail)
+                             for w, h in sizes)
+        tokens = tiles * cfg.tokens_per_tile + wait.TEXT_TOKENS
+        return wait.WaitEstimate(rates.seconds(tiles, tokens), tiles, tokens)
+
+    def cpu_default_tiles(self) -> int | None:
+        """On a CPU, the most tiles a typical photo may take for its first word within the target
+        wait (at least 1); None on a GPU, where the settings' default stands."""
+        rates = self._rates()
+        if rates is None:
+            return None
+        cfg = self._config()
+        for max_tiles in range(GenerationSettings().max_tiles, 1, -1):
+            tiles = preprocessing.count_tiles(*wait.TYPICAL_PHOTO, max_tiles, cfg.tile_size, cfg.use_thumbnail)
+            if rates.seconds(tiles, tiles * cfg.tokens_per_tile + wait.TEXT_TOKENS) <= wait.TARGET_FIRST_WORD_S:
+                return max_tiles
+        return 1
+
+    def _config(self):
+        from .model.config import Eagle2Config
+
+        return self.model.config if self.model is not None else Eagle2Config.from_dir(self._path)
+
+    def _rates(self) -> wait.WaitRates | None:
+        """Measured once per process (the matmul probe), then by every turn (see `_calibrate`)."""
+        if self.device != "cpu":
+            return None
+        local = os.path.expanduser(self.model_name)
+        self._path = self._path or (Path(local) if os.path.isdir(local) else None)  # never fetch for an estimate
+        if self._wait_rates is None and self._path is not None:
+            from .model.loading import default_dtype, parameter_counts
+
+            cfg = self._config()
+            vision, language = parameter_counts(self._path)
+            dtype = torch.float32 if self.cpu_int8 else self.dtype or default_dtype("cpu")
+            self._wait_rates = wait.probe_rates(
+                vision, language, patches=(cfg.tile_size // cfg.siglip.patch_size) ** 2,
+                vision_layers=cfg.siglip.num_hidden_layers, vision_width=cfg.siglip.hidden_size,
+                flops_per_s=wait.matmul_flops_per_s(cfg.siglip.hidden_size, dtype))
+        return self._wait_rates
+
+    def _calibrate(self, timings: dict) -> None:
+        if self.device == "cpu" and self._rates() is not None:
+            self._wait_rates = wait.calibrated(self._wait_rates, timings)
 
     # ------------------------------------------------------------------ requests
     def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
@@ -317,6 +381,7 @@ class Engine:
         for start in range(0, len(pixels), chunk):
             progress(f"reading the images: {start} of {len(pixels)} tiles")
             parts.append(self.model.encode_images(pixels[start:start + chunk].to(self.device)))
+        self.tiles_encoded += len(pixels)
         return torch.cat(parts)
 
     def _prefill(self, prompt: preprocessing.Prompt, embeds: torch.Tensor,
@@ -379,13 +444,14 @@ class Generation:
     @torch.inference_mode()
     def _begin(self) -> None:
         engine = self.engine
-        self._t_start = time.perf_counter()
+        self._t_start, tiles_before = time.perf_counter(), engine.tiles_encoded
         embeds = engine._embed_prompt(self.prompt, self.progress)
         _sync(engine.device)
         self._t_prefill = time.perf_counter()
         self._logits, reuse = engine._prefill(self.prompt, embeds, self.progress)
         self.timings.update(vision_s=self._t_prefill - self._t_start, reused_tokens=reuse,
-                            prefill_tokens=len(self.prompt_token_ids) - reuse)
+                            prefill_tokens=len(self.prompt_token_ids) - reuse,
+                            encoded_tiles=engine.tiles_encoded - tiles_before)
         device = self._logits.device
         self._generated = torch.empty(self.max_new_tokens, dtype=torch.long, device=device)
         self._random = None if self.settings.seed is None else torch.Generator(device).manual_seed(self.settings.seed)
@@ -416,6 +482,7 @@ class Generation:
             self._t_first = time.perf_counter()
             self.timings["prefill_s"] = self._t_first - self._t_prefill
             self.timings["ttft_s"] = self.timings["media_s"] + self._t_first - self._t_start
+            engine._calibrate(self.timings)
         if token_id in engine.stop_ids:  # a step run ahead for it wrote past what the cache is known to hold
             return self._finish("stop")
         self.token_ids.append(token_id)

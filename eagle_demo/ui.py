@@ -29,7 +29,7 @@ from typing import Any
 
 import gradio as gr
 
-from . import grounding, media
+from . import grounding, media, wait
 from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, GenerationSettings, Limits, SettingsError
 from .gradio_inputs import HISTORY_HINT, CheckedBlocks, InputError, taken_as_sent, text_only
 from .models import LoadError, ModelMenu
@@ -331,12 +331,30 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
     def status(model: str, state: str | None = None) -> str:
         return f"**Model** {model} · {state or menu.status(model)}"
 
+    def wait_note(model: str, images, video, max_tiles, num_frames) -> str:
+        """On a CPU, before sending: the wait for the images, video and settings chosen."""
+        paths = [item[0] for item in images or []]
+        if gpu is not None or not (paths or video):
+            return ""
+        try:
+            settings = GenerationSettings.checked(max_tiles=max_tiles, num_frames=num_frames)
+            engine = menu.engine(checked_model(model))
+            estimate = engine.first_word_estimate(paths, video, settings)
+        except (ValueError, gr.Error):  # a file or value that the answer itself refuses, saying why
+            return ""
+        return "" if estimate is None else f"**Wait** {wait.describe(estimate, loaded=engine.model is not None)}"
+
+    def default_tiles(model: str):
+        """On a CPU, the tile limit for a first word in about 10 s there (see wait.py)."""
+        tiles = None if gpu is not None else menu.engine(checked_model(model)).cpu_default_tiles()
+        return gr.skip() if tiles is None else tiles
+
     def add_message(text: str, images, video, history: list[dict]):
         images = [item[0] for item in images or []]
         if not (text.strip() or images or video):
             gr.Warning("Type a question, or add an image or a video.")
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return history + [user_message(text, images, video)], "", None, None
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return history + [user_message(text, images, video)], "", None, None, ""  # the files went with it
 
     def answer_updates(turns: list[dict], model: str, system: str,
                        settings: GenerationSettings) -> Iterator[AnswerUpdate]:
@@ -494,6 +512,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                 textbox = gr.Textbox(show_label=False, placeholder="Ask about your images or video…",
                                      max_length=limits.max_prompt_chars, submit_btn="Send", elem_id="ask",
                                      lines=1, max_lines=6, autofocus=True)
+                wait_md = gr.Markdown(elem_id="wait")
                 with gr.Row(elem_id="actions"):
                     stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="stop", min_width=60)
                     retry_btn = gr.Button("Retry", size="sm", elem_id="retry", min_width=60)
@@ -542,8 +561,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             return event.then(respond, [chatbot, model, system, *knobs], [chatbot, status_md],
                               api_visibility="undocumented", show_progress="minimal", **model_queue)
 
-        asked = textbox.submit(add_message, [textbox, gallery, video, chatbot], [chatbot, textbox, gallery, video],
-                               queue=False, api_visibility="private")
+        asked = textbox.submit(add_message, [textbox, gallery, video, chatbot],
+                               [chatbot, textbox, gallery, video, wait_md], queue=False, api_visibility="private")
         answered = chain_respond(asked)
         retried = chain_respond(retry_btn.click(retry, chatbot, chatbot, queue=False, api_visibility="private"))
         generating = [answered, retried]
@@ -558,6 +577,10 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                        **(dict(api_name="export") if event is answered else dict(api_visibility="private")))
         model.change(status, model, status_md, queue=False, api_visibility="private")
         demo.load(status, model, status_md, queue=False, api_visibility="private")
+        demo.load(default_tiles, model, max_tiles, queue=False, api_visibility="private")
+        for changed in (gallery, video, max_tiles, num_frames, model):
+            changed.change(wait_note, [model, gallery, video, max_tiles, num_frames], wait_md, queue=False,
+                           show_progress="hidden", api_visibility="private")
         api_button.click(chat_api, [api_message, api_images, api_video, api_history, system, *knobs, model],
                          api_answer, api_name="chat", **model_queue)
     return demo

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,15 +71,15 @@ class Recorder:
         engine.chat = recording_chat  # the real engine, observed
 
 
-@pytest.fixture(scope="session")
-def app_server(tiny_checkpoint):
+@contextmanager
+def launched_app(checkpoint: Path):
     """`app.py`'s own app on a free loopback port, launched in this process so tests can look at
-    its engine. Yields url, engine (already loaded), recorder and the Blocks."""
+    its engine: url, engine (already loaded), recorder, the Blocks and the model's name."""
     sys.path.insert(0, str(ROOT))
     import app
 
     port = free_port()
-    demo, menu, launch = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--port", str(port)]))
+    demo, menu, launch = app.build(app.parse_args(["--model", str(checkpoint), "--port", str(port)]))
     engine = menu.engine(menu.names[0])
     engine.load()
     recorder = Recorder(engine)
@@ -88,6 +89,12 @@ def app_server(tiny_checkpoint):
                               model=menu.names[0])
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_checkpoint):
+    with launched_app(tiny_checkpoint) as server:
+        yield server
 
 
 @pytest.fixture

@@ -138,3 +138,53 @@ def test_broken_upload_shows_a_message_and_the_chat_goes_on(page, app_server, tm
     time.sleep(0.3)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "browser-phone.png"))
+
+
+@pytest.fixture(scope="module")
+def small_app(tmp_path_factory):
+    """The app on a `small` random checkpoint: a CPU turn slow enough to watch its stages."""
+    from eagle_demo.tiny import write_tiny_checkpoint
+    from tests.conftest import launched_app
+
+    with launched_app(write_tiny_checkpoint(tmp_path_factory.mktemp("small") / "small-eagle2", size="small")) as app:
+        yield app
+
+
+RECORD_STATUS = """() => { window.stages = [];
+  new MutationObserver(() => { const text = document.querySelector('#status').innerText;
+    if (window.stages[window.stages.length - 1] !== text) window.stages.push(text); })
+  .observe(document.querySelector('#status'), {subtree: true, childList: true, characterData: true}); }"""
+
+
+def test_a_cpu_turn_shows_its_wait_before_sending_and_its_stages_while_it_works(browser, small_app):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(small_app.url)
+    page.locator("#ask textarea").wait_for()
+    images = [str(ASSETS / "scene.jpg"), str(ASSETS / "chart.png")]
+    page.locator("#uploads input[type=file]").first.set_input_files(images)
+    note = page.locator("#wait")
+    note.get_by_text("First word in about").wait_for()
+    shown = note.inner_text()
+    assert "on this CPU" in shown and "image tiles" in shown and "/" not in shown, shown
+    page.screenshot(path=str(ARTIFACTS / "browser-cpu-wait.png"))
+
+    page.evaluate(RECORD_STATUS)
+    page.locator("#ask textarea").fill("Compare the two pictures.")
+    page.locator("#ask textarea").press("Enter")
+    page.wait_for_function("() => window.stages.some(s => s.includes('reading the'))", polling="raf")
+    page.screenshot(path=str(ARTIFACTS / "browser-cpu-stages.png"))
+    page.wait_for_function("() => window.stages.some(s => s.includes('ready'))"
+                           " && window.stages[window.stages.length - 1].includes('ready')", timeout=60_000)
+    stages = [s.split(" · ", 1)[-1] for s in page.evaluate("window.stages")]
+    generation = small_app.recorder.generations[-1]
+    tiles, tokens = sum(generation.num_tiles), len(generation.prompt_token_ids)
+    images_read = [s for s in stages if s.startswith("reading the images")]
+    prompt_read = [s for s in stages if s.startswith("reading the prompt")]
+    assert images_read[0] == f"reading the images: 0 of {tiles} tiles", stages
+    assert prompt_read[0] == f"reading the prompt: 0 of {tokens:,} tokens" and len(prompt_read) > 1, stages
+    assert stages.index(images_read[-1]) < stages.index(prompt_read[0])  # tiles first, then the prompt
+    assert f"({tiles} image tiles, " in shown  # the estimate counted the tiles the turn read
+    assert note.inner_text() == ""  # the images went with the message
+    page.close()

@@ -159,6 +159,21 @@ def weight_bytes(path: Path, dtype: torch.dtype) -> int:
     return numel * dtype.itemsize
 
 
+def parameter_counts(path: Path) -> tuple[int, int]:
+    """(vision tower and projector, language model less its embedding and head) parameters of a
+    checkpoint, from the safetensors headers alone: the work per tile and per prompt token."""
+    vision = language = 0
+    for file in weight_files(path):
+        with safe_open(file, framework="pt") as handle:
+            for key in handle.keys():
+                numel = math.prod(handle.get_slice(key).get_shape())
+                if key.startswith(("vision_model.", "mlp1.")):
+                    vision += numel
+                elif key.startswith("language_model.") and key != LM_HEAD and "embed_tokens" not in key:
+                    language += numel
+    return vision, language
+
+
 def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None = None,
                 load_in_8bit: bool = False, attn: str = "sdpa") -> Eagle2Model:
     """Build the model from config.json and load its safetensors; returns it in eval mode.

