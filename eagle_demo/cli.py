@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from .config import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT, GenerationSettings
 
@@ -21,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--video", help="a video file")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT)
-    gen.add_argument("--max-tiles", type=int, default=_DEFAULTS.max_tiles)
+    gen.add_argument("--max-tiles", type=int, default=None,
+                     help=f"default: {_DEFAULTS.max_tiles}; on a CPU, as many as keep the first word near 10 s")
     gen.add_argument("--frames", type=int, default=_DEFAULTS.num_frames)
     gen.add_argument("--temperature", type=float, default=_DEFAULTS.temperature, help="0 for greedy")
     gen.add_argument("--top-p", type=float, default=_DEFAULTS.top_p)
@@ -48,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate(args) -> int:
     from .engine import Engine, Message
+    from .wait import describe
 
     settings = GenerationSettings.checked(
         max_tiles=args.max_tiles, num_frames=args.frames, temperature=args.temperature, top_p=args.top_p,
@@ -55,6 +58,12 @@ def _generate(args) -> int:
         seed=args.seed)
     engine = Engine(args.model, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
                     cpu_int8=args.cpu_int8)
+    engine.load()
+    if args.max_tiles is None:
+        settings = replace(settings, max_tiles=engine.cpu_default_tiles() or settings.max_tiles)
+    estimate = engine.first_word_estimate(args.image, args.video, settings)
+    if estimate is not None:
+        print(describe(estimate, loaded=True), file=sys.stderr, flush=True)
     message = Message("user", args.prompt, images=args.image, video=args.video)
     generation = engine.chat([message], args.system, settings)
     for delta in generation:

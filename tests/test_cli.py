@@ -71,3 +71,9 @@ def test_unknown_model_offline_fails_cleanly(files, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     done = cli("generate", "--model", "nvidia/Eagle2-404B", "--prompt", "x")
     assert done.returncode == 1 and "local checkpoint folder" in done.stderr
+
+
+def test_a_cpu_run_states_its_expected_wait_on_stderr(files):
+    done = generate(files, "--prompt", "What is this?", "--image", files["wide"], "--json")
+    tiles = sum(json.loads(done.stdout)["num_tiles"])
+    assert f"First word in about 1 s on this CPU ({tiles} image tiles, " in done.stderr

@@ -1,4 +1,5 @@
-"""What the engine reads from the host CPU: native bfloat16 matmul, and one thread per physical core."""
+"""What the engine reads from the host CPU (native bfloat16 matmul, its physical cores), and how it
+sizes a CPU turn: the tile default and the wait estimate, from the probe and then from each turn."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import os
 
 import torch
 
+from eagle_demo.config import GenerationSettings
+from eagle_demo.engine import Engine, Message
 from eagle_demo.model.loading import default_dtype, native_bf16, physical_cores
+from eagle_demo.preprocessing import count_tiles
+from eagle_demo.wait import TARGET_FIRST_WORD_S, TEXT_TOKENS, TYPICAL_PHOTO, WaitRates
+from tests.conftest import ASSETS
 
 
 def cpuinfo(cores: list[tuple[int, int]], flags: str) -> str:
@@ -32,3 +38,38 @@ def test_one_thread_per_physical_core_within_this_process_s_cpus():
     assert physical_cores(cpuinfo([(0, 0), (0, 0)], AVX2)) == 1  # one core, two SMT siblings
     assert physical_cores(cpuinfo([(0, c) for c in range(64)], AVX2)) == allowed
     assert physical_cores("processor\t: 0\nprocessor\t: 1\n") == allowed  # no core ids (e.g. some ARM)
+
+
+def test_the_cpu_tile_default_keeps_a_photo_s_first_word_near_the_target(tiny_checkpoint):
+    engine = Engine(str(tiny_checkpoint), device="cpu")
+    assert engine.cpu_default_tiles() == GenerationSettings().max_tiles  # tiny: all the tiles in no time
+    engine._wait_rates = WaitRates(tile_s=6.0, token_s=0.004)  # 1B on this machine's 2 cores
+    assert engine.cpu_default_tiles() == 1
+    cfg = engine._config()
+    tiles = count_tiles(*TYPICAL_PHOTO, 2, cfg.tile_size, cfg.use_thumbnail)  # a 2x1 grid and the thumbnail
+    prompt_s = (tiles * cfg.tokens_per_tile + TEXT_TOKENS) * 0.004
+    rates = engine._wait_rates = WaitRates(tile_s=(TARGET_FIRST_WORD_S - prompt_s) / tiles - 0.01, token_s=0.004)
+
+    def photo_s(max_tiles: int) -> float:
+        tiles = count_tiles(*TYPICAL_PHOTO, max_tiles, cfg.tile_size, cfg.use_thumbnail)
+        return rates.seconds(tiles, tiles * cfg.tokens_per_tile + TEXT_TOKENS)
+
+    chosen = engine.cpu_default_tiles()
+    assert chosen >= 2 and photo_s(chosen) <= TARGET_FIRST_WORD_S < photo_s(chosen + 1)  # the most that fit
+    assert Engine(str(tiny_checkpoint), device="cuda").cpu_default_tiles() is None  # nothing loads
+
+
+def test_each_turn_replaces_the_probe_s_rates_with_what_it_measured(tiny_checkpoint):
+    engine = Engine(str(tiny_checkpoint), device="cpu")
+    image = str(ASSETS / "scene.jpg")
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=2, max_tiles=4)
+    before = engine.first_word_estimate([image], None, settings)
+    assert not engine._wait_rates.measured
+    generation = engine.chat([Message("user", "What is this?", images=[image])], "", settings)
+    list(generation)
+    rates, timings = engine._wait_rates, generation.timings
+    assert rates.measured and rates.tile_s == timings["vision_s"] / timings["encoded_tiles"]
+    assert rates.token_s == timings["prefill_s"] / timings["prefill_tokens"]
+    after = engine.first_word_estimate([image], None, settings)
+    assert (after.tiles, after.prompt_tokens) == (before.tiles, before.prompt_tokens) == (
+        sum(generation.num_tiles), sum(generation.num_tiles) * engine.model.config.tokens_per_tile + TEXT_TOKENS)
