@@ -4,7 +4,15 @@ Standard request: one 12-tile image plus a ~20-token question, 256 new tokens, b
 random weights of the chosen size (weights' values do not change the cost). The engine and
 `generate` alternate, --repeats runs each, on the same weights and prompt; the summary gives
 medians and the spread (min, max) of both and of their ratio, the bare decode loop, and the peak
-RSS. Prints JSON lines; the last one holds the summary.
+RSS. `generate`'s decode rate, like the engine's, runs from its first token to its last (a
+streamer notes their arrival). Prints JSON lines; the last one holds the summary.
+
+On a CPU the summary also gives the prefill in CPU_PREFILL_CHUNK steps against one step
+(alternating), and, in the image mode, the first word's stages at the CPU's own tile default
+(`cpu_default`) beside those at 12 tiles (`first_word`).
+
+--compile: the engine's decode step under torch.compile (dynamic shapes); the warm-up's time
+includes the compile.
 
 --text-tokens N: decode only, after a text prompt of about N tokens (no image), so the ratio to
 `generate` can be measured often on a CPU (1B, N=2000: a few minutes on 2 cores).
@@ -33,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import QUESTION, checkpoint, default_device, emit, transformers_twin, twelve_tile_image  # noqa: E402
+from eagle_demo import engine as engine_module  # noqa: E402
 from eagle_demo.config import LIMITS, GenerationSettings  # noqa: E402
 from eagle_demo.engine import Engine, Message  # noqa: E402
 
@@ -45,8 +54,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def engine_run(engine: Engine, message: Message, new_tokens: int) -> dict:
-    settings = GenerationSettings(temperature=0.0, max_new_tokens=new_tokens, repetition_penalty=1.0)
+def engine_run(engine: Engine, message: Message, new_tokens: int, max_tiles: int = 12) -> dict:
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=new_tokens, repetition_penalty=1.0,
+                                  max_tiles=max_tiles)
     engine.clear_caches()  # the turn is measured cold: tiling, vision tower, full prefill
     gen = engine.chat([message], "You are a helpful assistant.", settings)
     start = time.perf_counter()
@@ -56,27 +66,54 @@ def engine_run(engine: Engine, message: Message, new_tokens: int) -> dict:
     return {"gen": gen, "wall_s": time.perf_counter() - start + gen.timings["media_s"]}
 
 
+class TokenClock:
+    """A transformers streamer that notes when each token arrives (generate reads every token on
+    the host anyway, to check its stopping rules)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 @torch.inference_mode()
 def generate_baseline(engine: Engine, gen, new_tokens: int) -> tuple[float, list[int]]:
-    """transformers' Qwen2ForCausalLM.generate on the same weights and prompt embeddings."""
+    """transformers' Qwen2ForCausalLM.generate on the same weights and prompt embeddings; its decode
+    rate from the arrival of its tokens, first to last, as the engine's."""
     from transformers import GenerationConfig
 
     hf = transformers_twin(engine.model.language_model)
     embeds = engine._embed_prompt(gen.prompt)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)
+    clock = TokenClock()
+    out = hf.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config, streamer=clock)
+    tokens = clock.times[-new_tokens:]  # the first put is the (empty) prompt
+    return (new_tokens - 1) / (tokens[-1] - tokens[0]), out[0].tolist()
 
-    def timed(n: int) -> tuple[float, list[int]]:
-        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
-                                  pad_token_id=0)
-        sync(engine.device)
-        start = time.perf_counter()
-        out = hf.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
-        sync(engine.device)
-        return time.perf_counter() - start, out[0].tolist()
 
-    first, _ = timed(1)
-    total, ids = timed(new_tokens)
-    return (new_tokens - 1) / (total - first), ids
+@torch.inference_mode()
+def prefill_in_steps_against_one(engine: Engine, prompt, repeats: int) -> dict:
+    """The CPU's prefill in CPU_PREFILL_CHUNK steps against one step, alternating: seconds each."""
+    embeds, chunk = engine._embed_prompt(prompt), engine_module.CPU_PREFILL_CHUNK
+    steps, one = [], []
+    try:
+        for _ in range(repeats):
+            for size, times in ((chunk, steps), (10**9, one)):
+                engine_module.CPU_PREFILL_CHUNK = size
+                engine.clear_caches()
+                start = time.perf_counter()
+                engine._prefill(prompt, embeds)
+                times.append(time.perf_counter() - start)
+    finally:
+        engine_module.CPU_PREFILL_CHUNK = chunk
+    return {"prefill_in_steps_s": spread(steps, 3), "prefill_one_step_s": spread(one, 3),
+            "prefill_steps_ratio": round(statistics.median(one) / statistics.median(steps), 3)}
 
 
 def bare_loop(engine: Engine, gen, steps: int) -> float:
@@ -114,6 +151,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of the engine and of generate, alternating")
     parser.add_argument("--text-tokens", type=int, default=0, help="decode only, after a text prompt this long")
     parser.add_argument("--cpu-int8", action="store_true", help="the engine with dynamic int8 Linear layers")
+    parser.add_argument("--compile", action="store_true", help="the engine's decode step under torch.compile")
     args = parser.parse_args()
     size = args.size or ("1B" if args.device.startswith("cuda") else "small")
 
@@ -128,16 +166,18 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    last = engine_run(engine, message, 8)["gen"]  # warm-up, both sides
+    if args.compile:  # dynamic: the attended length grows by one every step
+        engine.decoder._forward_one = torch.compile(engine.decoder._forward_one, dynamic=True)
+    start = time.perf_counter()
+    last = engine_run(engine, message, 8)["gen"]  # warm-up, both sides (and the compile)
+    emit(stage="warm_up", seconds=round(time.perf_counter() - start, 1))
     generate_baseline(reference, last, 2)
     error = int8_error(engine, reference, last.prompt) if args.cpu_int8 else {}
     engine_tps, generate_tps, ttft = [], [], []
     for _ in range(args.repeats):  # alternating, so that a slower stretch of the machine hits both alike
         run = engine_run(engine, message, args.new_tokens)
         last, t = run["gen"], run["gen"].timings
-        emit(stage="engine", tiles=last.num_tiles, prompt_tokens=len(last.prompt_token_ids),
-             tokens=len(last.token_ids), media_s=round(t["media_s"], 4), vision_s=round(t["vision_s"], 4),
-             prefill_s=round(t["prefill_s"], 4), ttft_s=round(t["ttft_s"], 4),
+        emit(stage="engine", **stages(last), tokens=len(last.token_ids),
              tokens_per_s=round(t["decode_tokens_per_s"], 1))
         baseline, baseline_ids = generate_baseline(reference, last, args.new_tokens)
         emit(stage="generate", tokens_per_s=round(baseline, 1))
@@ -146,7 +186,20 @@ def main() -> None:
         ttft.append(t["ttft_s"])
     bare = bare_loop(engine, last, args.new_tokens)
     emit(stage="bare_loop", tokens_per_s=round(bare, 1))
-    emit(**summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare), **error)
+    cpu = {}
+    if args.device == "cpu":
+        cpu = prefill_in_steps_against_one(engine, last.prompt, args.repeats)
+        if not args.text_tokens:  # the first word at the CPU's own tile default, against 12 tiles
+            default = engine_run(engine, message, 2, max_tiles=engine.cpu_default_tiles())["gen"]
+            cpu["cpu_default"] = {"max_tiles": engine.cpu_default_tiles(), **stages(default)}
+    emit(**summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare), **error, **cpu)
+
+
+def stages(gen) -> dict:
+    """A turn's wait before its first word, stage by stage."""
+    t = gen.timings
+    return {"tiles": sum(gen.num_tiles), "prompt_tokens": len(gen.prompt_token_ids), "media_s": round(t["media_s"], 2),
+            "vision_s": round(t["vision_s"], 2), "prefill_s": round(t["prefill_s"], 2), "ttft_s": round(t["ttft_s"], 2)}
 
 
 def new_engine(path: Path, args, float32: bool = False) -> Engine:
@@ -177,7 +230,7 @@ def summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, 
                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
                "tokens_per_s": round(tps, 1), "engine_tokens_per_s": spread(engine_tps, 1),
                "generate_tokens_per_s": spread(generate_tps, 1), "bare_loop_tokens_per_s": round(bare, 1),
-               "ttft_s": round(statistics.median(ttft), 4),
+               "ttft_s": round(statistics.median(ttft), 4), "first_word": stages(last),
                "ratio_to_generate": round(tps / statistics.median(generate_tps), 2),
                "ratio_per_run": spread([e / g for e, g in zip(engine_tps, generate_tps)]),
                "stream_overhead": round(bare / tps - 1, 3),

