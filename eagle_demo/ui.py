@@ -16,6 +16,7 @@ import json
 import logging
 import mimetypes
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ERROR_TITLE = "⚠️ Could not answer"  # metadata title that marks error bubbles (never sent to the model)
+STOPPED_TITLE = "Stopped"  # a question stopped before its answer began: dropped like an error
+BUSY_SENDING = "The answer is still coming. Wait for it, or press Stop, then send again; your text stays in the box."
 DEFAULTS = GenerationSettings()
 EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_assets.py
     ("What does this chart show? Which quarter had the best profit margin?", ["chart.png"], None),
@@ -101,7 +104,8 @@ def _is_video(path: str) -> bool:
 
 
 def _is_error(message: dict) -> bool:
-    return (message.get("metadata") or {}).get("title") == ERROR_TITLE
+    """An error bubble, or a question's stopped-before-it-began note: neither is an answer."""
+    return (message.get("metadata") or {}).get("title") in (ERROR_TITLE, STOPPED_TITLE)
 
 
 def user_message(text: str, images: list[str], video: str | None) -> dict:
@@ -120,8 +124,28 @@ def answer_message(text: str, annotated: str | None = None, footer: str | None =
             "metadata": {"log": footer}}
 
 
-def error_message(text: str) -> dict:
-    return {"role": "assistant", "content": [{"type": "text", "text": text}], "metadata": {"title": ERROR_TITLE}}
+def error_message(text: str, title: str = ERROR_TITLE) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}], "metadata": {"title": title}}
+
+
+def stopped(history: list[dict]) -> list[dict]:
+    """The chat after Stop: the answer so far marked as stopped, or, when none had begun (the model
+    was loading, or reading the images), a note in its place, so the next question stands alone."""
+    if history and history[-1]["role"] == "user":
+        return history + [error_message("Stopped before the answer began. Send a question when you are ready.",
+                                        STOPPED_TITLE)]
+    if history and not _is_error(history[-1]):
+        text = _answer_text(history[-1])
+        return history[:-1] + [answer_message(text, footer="stopped")]
+    return history
+
+
+def controls(history: list[dict], answering: bool) -> tuple:
+    """Stop, Retry, Undo, Clear and Export: each enabled only when it can act."""
+    asked = any(m["role"] == "user" for m in history or [])
+    return (gr.update(interactive=answering), gr.update(interactive=asked and not answering),
+            gr.update(interactive=bool(history)), gr.update(interactive=bool(history)),
+            gr.update(interactive=bool(history) and not answering))
 
 
 def conversation(history: list[dict]) -> list[dict]:
@@ -202,10 +226,12 @@ class AnswerUpdate:
 def settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                   top_k=DEFAULTS.top_k, seed=None) -> GenerationSettings:
     """The settings a client sent, checked; a gr.Error naming the first bad one."""
+    if isinstance(seed, str):  # the Seed box: empty for a fresh answer each time
+        seed = None if not seed.strip() else int(seed) if re.fullmatch(r"\s*\d{1,19}\s*", seed) else seed
     try:
         return GenerationSettings.checked(
             max_tiles=max_tiles, num_frames=num_frames, temperature=temperature, top_p=top_p, top_k=top_k,
-            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, seed=None if seed == "" else seed)
+            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, seed=seed)
     except SettingsError as e:
         raise gr.Error(str(e), print_exception=False) from None
 
@@ -349,12 +375,15 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         tiles = None if gpu is not None else menu.engine(checked_model(model)).cpu_default_tiles()
         return gr.skip() if tiles is None else tiles
 
-    def add_message(text: str, images, video, history: list[dict]):
+    def add_message(text: str, images, video, history: list[dict], answering: bool):
+        """The question into the chat, the inputs emptied. Refused (a toast; the text stays in the box)
+        while an answer streams, or when there is nothing to send; the answer then does not start."""
         images = [item[0] for item in images or []]
+        if answering:
+            raise gr.Error(BUSY_SENDING, print_exception=False)
         if not (text.strip() or images or video):
-            gr.Warning("Type a question, or add an image or a video.")
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return history + [user_message(text, images, video)], "", None, None, ""  # the files went with it
+            raise gr.Error("Type a question, or add an image or a video.", print_exception=False)
+        return history + [user_message(text, images, video)], "", None, None, "", True  # the files went with it
 
     def answer_updates(turns: list[dict], model: str, system: str,
                        settings: GenerationSettings) -> Iterator[AnswerUpdate]:
@@ -394,7 +423,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
     def respond(history: list[dict], model: str, system: str, max_tiles, num_frames, temperature, top_p,
                 max_new_tokens, repetition_penalty, top_k, seed) -> Iterator[tuple[list[dict], str]]:
         if not history or history[-1]["role"] != "user" or _is_error(history[-1]):
-            return  # nothing asked (an empty message, or Retry with nothing to retry)
+            yield gr.skip(), gr.skip(), False  # nothing asked
+            return
         turns = conversation(history)
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
@@ -404,20 +434,23 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         try:
             for update in updates:
                 if update.status:
-                    yield history, status(model, update.status)
+                    yield history, status(model, update.status), gr.skip()
                     continue
                 text, stats = update.text, update.stats or stats
-                yield history + [answer_message(text)], gr.skip()
+                yield history + [answer_message(text)], gr.skip(), gr.skip()
         except gr.Error as e:
             kept = [answer_message(text)] if text else []
-            yield history + kept + [error_message(e.message)], status(model)
+            yield history + kept + [error_message(e.message)], status(model), False
             return
         finally:
             updates.close()  # stops the decode (in ZeroGPU's worker: at its next yield)
         drawn = annotate(text, turns)
         if drawn:
             generated.add(drawn)
-        yield history + [answer_message(text, drawn, answer_footer(model, stats) if stats else None)], status(model)
+        footer = answer_footer(model, stats) if stats else None
+        if not text.strip():  # a blank bubble would look like a fault of the page
+            footer = " · ".join(filter(None, ["the model ended its answer without writing anything", footer]))
+        yield history + [answer_message(text, drawn, footer)], status(model), False
 
     @error_boundary
     def chat_api(message: str, images: list[str] | None = None, video: str | None = None,
@@ -448,21 +481,25 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         if not text:
             yield text
 
-    def retry(history: list[dict]):
+    def retry(history: list[dict], answering: bool):
+        if answering:
+            raise gr.Error(BUSY_SENDING.replace("send again", "retry"), print_exception=False)
         while history and history[-1]["role"] == "assistant":
             history = history[:-1]
-        return history
+        if not history:
+            raise gr.Error("Nothing to retry yet: ask a question first.", print_exception=False)
+        return history, True
 
     def undo(history: list[dict]):
         """Remove the last question and its answer; put the question back in the inputs."""
         while history and history[-1]["role"] == "assistant":
             history = history[:-1]
         if not history:
-            return history, gr.skip(), gr.skip(), gr.skip()
+            return history, gr.skip(), gr.skip(), gr.skip(), False
         text, files = _parts(history[-1])
         images = [f for f in files if not _is_video(f)]
         video = next((f for f in files if _is_video(f)), None)
-        return history[:-1], text, images or None, video
+        return history[:-1], text, images or None, video, False
 
     @error_boundary
     def export(history: list[dict], model: str = models[0], system: str = DEFAULT_SYSTEM_PROMPT,
@@ -500,6 +537,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                     "Answers with `<ref>…</ref><box>…</box>` get their boxes drawn on the image.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
+                answering = gr.State(False)  # an answer of this session is on its way
                 chatbot = gr.Chatbot(elem_id="chat", label="Chat", height="55vh", min_height=300,
                                      layout="bubble", buttons=["copy", "copy_all"], feedback_options=None,
                                      placeholder="Add images or a video below, then ask about them.")
@@ -514,11 +552,14 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                                      lines=1, max_lines=6, autofocus=True)
                 wait_md = gr.Markdown(elem_id="wait")
                 with gr.Row(elem_id="actions"):
-                    stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="stop", min_width=60)
-                    retry_btn = gr.Button("Retry", size="sm", elem_id="retry", min_width=60)
-                    undo_btn = gr.Button("Undo", size="sm", elem_id="undo", min_width=60)
-                    clear_btn = gr.Button("Clear", size="sm", elem_id="clear", min_width=60)
-                    export_btn = gr.DownloadButton("Export", size="sm", elem_id="export", value=None, min_width=60)
+                    # enabled only when they can act (see `controls`): an empty chat has nothing to act on
+                    stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="stop", min_width=60,
+                                         interactive=False)
+                    retry_btn = gr.Button("Retry", size="sm", elem_id="retry", min_width=60, interactive=False)
+                    undo_btn = gr.Button("Undo", size="sm", elem_id="undo", min_width=60, interactive=False)
+                    clear_btn = gr.Button("Clear", size="sm", elem_id="clear", min_width=60, interactive=False)
+                    export_btn = gr.DownloadButton("Export", size="sm", elem_id="export", value=None, min_width=60,
+                                                   interactive=False)
                 gr.Examples([[text, [str(ASSETS / f) for f in images] or None, video and str(ASSETS / video)]
                              for text, images, video in EXAMPLES], inputs=[textbox, gallery, video],
                             label="Examples (all drawn by this project)", elem_id="examples")
@@ -534,8 +575,9 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                 with gr.Accordion("More settings", open=False):
                     top_p = slider("top_p", 0.05)
                     top_k = slider("top_k", 1, info="0 = off")
-                    seed = gr.Number(None, precision=0, label="Seed",
-                                     info="empty: a fresh answer each time; a number repeats an answer")
+                    # a text box: gradio's Number shows 0 for "none", and 0 is a seed like any other
+                    seed = gr.Textbox("", label="Seed", placeholder="empty: a fresh answer each time",
+                                      info="a whole number repeats an answer", max_length=24)
                     repetition_penalty = slider("repetition_penalty", 0.05)
                     system = gr.Textbox(DEFAULT_SYSTEM_PROMPT, label="System prompt", lines=2, max_lines=8,
                                         max_length=limits.max_prompt_chars)
@@ -557,30 +599,39 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         text_only(system, "The system prompt")
         model_queue = dict(concurrency_id=ANSWERS, concurrency_limit=concurrency)
 
-        def chain_respond(event):
-            return event.then(respond, [chatbot, model, system, *knobs], [chatbot, status_md],
-                              api_visibility="undocumented", show_progress="minimal", **model_queue)
+        api_button.click(chat_api, [api_message, api_images, api_video, api_history, system, *knobs, model],
+                         api_answer, api_name="chat", **model_queue)  # first: the API page lists it first
 
-        asked = textbox.submit(add_message, [textbox, gallery, video, chatbot],
-                               [chatbot, textbox, gallery, video, wait_md], queue=False, api_visibility="private")
+        def chain_respond(event):  # only after a question was taken: a refused one raised its toast
+            return event.success(respond, [chatbot, model, system, *knobs], [chatbot, status_md, answering],
+                                 api_visibility="undocumented", show_progress="minimal", **model_queue)
+
+        # queued, not queue=False: only a queued event's errors reach the page as toasts
+        asked = textbox.submit(add_message, [textbox, gallery, video, chatbot, answering],
+                               [chatbot, textbox, gallery, video, wait_md, answering], api_visibility="private")
         answered = chain_respond(asked)
-        retried = chain_respond(retry_btn.click(retry, chatbot, chatbot, queue=False, api_visibility="private"))
+        retried = chain_respond(retry_btn.click(retry, [chatbot, answering], [chatbot, answering],
+                                                api_visibility="private"))
         generating = [answered, retried]
         # gradio closes the running handler: its generator's exit stops the decode
-        stopped = stop_btn.click(None, None, None, cancels=generating, queue=False, api_visibility="private")
-        undone = undo_btn.click(undo, chatbot, [chatbot, textbox, gallery, video], cancels=generating, queue=False,
-                                api_visibility="private")
-        clear_btn.click(lambda: ([], None), None, [chatbot, export_btn], cancels=generating, queue=False,
-                        api_visibility="private")
-        for event in (answered, retried, undone, stopped):  # the Export button always holds the chat so far
+        halted = stop_btn.click(lambda history: (stopped(history), False), chatbot, [chatbot, answering],
+                                cancels=generating, queue=False, api_visibility="private")
+        undone = undo_btn.click(undo, chatbot, [chatbot, textbox, gallery, video, answering], cancels=generating,
+                                queue=False, api_visibility="private")
+        cleared = clear_btn.click(lambda: ([], None, False), None, [chatbot, export_btn, answering],
+                                  cancels=generating, queue=False, api_visibility="private")
+        for event in (answered, retried, undone, halted):  # the Export button always holds the chat so far
             event.then(export, [chatbot, model, system, *knobs], export_btn, show_progress="hidden",
                        **(dict(api_name="export") if event is answered else dict(api_visibility="private")))
+        buttons = [stop_btn, retry_btn, undo_btn, clear_btn, export_btn]
+        for event in (answering.change, undone.then, cleared.then, halted.then):
+            event(controls, [chatbot, answering], buttons, queue=False, api_visibility="private")
+        for event in (undone, cleared, halted):  # a cancelled answer leaves its last stage in the status
+            event.then(status, model, status_md, queue=False, api_visibility="private")
         model.change(status, model, status_md, queue=False, api_visibility="private")
         demo.load(status, model, status_md, queue=False, api_visibility="private")
         demo.load(default_tiles, model, max_tiles, queue=False, api_visibility="private")
         for changed in (gallery, video, max_tiles, num_frames, model):
             changed.change(wait_note, [model, gallery, video, max_tiles, num_frames], wait_md, queue=False,
                            show_progress="hidden", api_visibility="private")
-        api_button.click(chat_api, [api_message, api_images, api_video, api_history, system, *knobs, model],
-                         api_answer, api_name="chat", **model_queue)
     return demo

@@ -1,0 +1,155 @@
+"""The chat as people use it, in Chromium (issue 10's points, each checked where it went wrong):
+the Seed box, a question sent while an answer streams, an empty send, Stop before the answer
+began, an empty answer, buttons enabled only when they can act, and /chat first on the API page.
+Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from eagle_demo.ui import BUSY_SENDING
+from tests.conftest import ARTIFACTS, ASSETS
+from tests.test_browser import CHROMIUM, ask, browser, sample_with_seed, set_number, small_app  # noqa: F401
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
+BUTTONS = ("stop", "retry", "undo", "clear", "export")
+
+
+@pytest.fixture
+def page(browser, app_server):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(30_000)
+    page.goto(app_server.url)
+    page.locator("#ask textarea").wait_for()
+    yield page
+    page.close()
+
+
+@pytest.fixture
+def small_page(browser, small_app):  # noqa: F811
+    """The app on the `small` checkpoint, asked for a long greedy answer: it streams for a while
+    (random weights repeat a newline), long enough to act during it."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(30_000)
+    page.goto(small_app.url)
+    page.locator("#ask textarea").wait_for()
+    set_number(page, "Max new tokens", 4096)
+    set_number(page, "Temperature", 0)
+    yield page
+    page.close()
+
+
+def enabled(page) -> dict[str, bool]:
+    return {name: page.locator(f"#{name}").is_enabled() for name in BUTTONS}
+
+
+def toast(page, text: str) -> None:
+    page.locator(".toast-body").filter(has_text=text).first.wait_for(timeout=10_000)
+
+
+def streaming(app, seen: int) -> None:
+    """Wait until the app's answer after `seen` earlier ones has streamed some tokens."""
+    end = time.monotonic() + 30
+    while time.monotonic() < end and not (len(app.recorder.generations) > seen
+                                          and len(app.recorder.generations[seen].token_ids) > 8):
+        time.sleep(0.02)
+
+
+def test_buttons_act_only_when_they_can_and_a_stopped_answer_says_so(small_page, small_app):  # noqa: F811
+    page = small_page
+    assert enabled(page) == dict.fromkeys(BUTTONS, False)  # an empty chat: nothing to act on
+    seen = len(small_app.recorder.generations)
+    ask(page, "Tell me a long story.")
+    streaming(small_app, seen)
+    assert enabled(page) == {"stop": True, "retry": False, "undo": True, "clear": True, "export": False}
+    page.screenshot(path=str(ARTIFACTS / "ux-streaming.png"))
+    page.locator("#stop").click()
+    page.wait_for_function("() => document.querySelector('#stop').disabled")
+    page.locator("#chat [data-testid=bot]").last.get_by_text("stopped").wait_for()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('ready')")  # no stale stage
+    page.wait_for_function("() => !document.querySelector('#export').disabled")
+    assert enabled(page) == {"stop": False, "retry": True, "undo": True, "clear": True, "export": True}
+    page.screenshot(path=str(ARTIFACTS / "ux-stopped.png"))
+    page.locator("#clear").click()
+    page.wait_for_function("() => document.querySelector('#clear').disabled")
+    assert enabled(page) == dict.fromkeys(BUTTONS, False)
+
+
+def test_a_question_sent_while_an_answer_streams_is_refused_and_kept_in_the_box(small_page):
+    page = small_page
+    ask(page, "Tell me a long story.")
+    page.wait_for_function("() => !document.querySelector('#stop').disabled")
+    box = page.locator("#ask textarea")
+    box.fill("And what happened next?")
+    box.press("Enter")
+    toast(page, BUSY_SENDING)
+    assert box.input_value() == "And what happened next?"  # nothing typed is lost
+    assert page.locator("#chat [data-testid=user]").count() == 1  # and the chat did not take it
+    page.screenshot(path=str(ARTIFACTS / "ux-busy-send.png"))
+    page.locator("#stop").click()
+    page.wait_for_function("() => document.querySelector('#stop').disabled")
+    set_number(page, "Max new tokens", 4)
+    box.press("Enter")  # the kept text, sent once the answer has stopped
+    page.locator("#chat [data-testid=user]").last.get_by_text("And what happened next?").wait_for()
+
+
+def test_an_empty_send_says_what_to_do(page, app_server):
+    page.locator("#ask textarea").fill("   ")
+    page.locator("#ask textarea").press("Enter")
+    toast(page, "Type a question, or add an image or a video.")
+    assert page.locator("#chat [data-testid=user]").count() == 0
+    assert "ready" in page.locator("#status").inner_text()  # the status line stays
+
+
+def test_the_seed_box_starts_empty_and_the_export_says_none(page, app_server):
+    page.get_by_text("More settings").click()
+    assert page.get_by_label("Seed").input_value() == ""
+    set_number(page, "Max new tokens", 4)
+    ask(page, "Hello?")
+    page.wait_for_function("() => !document.querySelector('#export').disabled", timeout=60_000)
+    with page.expect_download() as download:
+        page.locator("#export").click()
+    assert json.loads(Path(download.value.path()).read_text(encoding="utf-8"))["settings"]["seed"] is None
+
+
+def test_an_empty_answer_gets_a_note_not_a_blank_bubble(page, app_server):
+    set_number(page, "Temperature", 0)  # greedy on the tiny checkpoint: a newline first
+    set_number(page, "Max new tokens", 1)
+    ask(page, "Hi")
+    page.locator("#chat [data-testid=bot]").last.get_by_text("without writing anything").wait_for(timeout=60_000)
+
+
+def test_stop_before_the_answer_began_leaves_a_calm_note_and_the_next_question_stands_alone(browser, small_app):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(small_app.url)
+    page.locator("#ask textarea").wait_for()
+    page.locator("#uploads input[type=file]").first.set_input_files([str(ASSETS / "scene.jpg"),
+                                                                      str(ASSETS / "chart.png")])
+    page.locator("#uploads img").first.wait_for()
+    ask(page, "Compare them.")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('reading the')")
+    page.locator("#stop").click()
+    note = page.locator("#chat").get_by_text("Stopped before the answer began.")
+    note.wait_for()
+    assert "Error" not in page.locator("#chat").inner_text()
+    time.sleep(0.5)
+    set_number(page, "Max new tokens", 4)
+    ask(page, "Hello?")
+    users = page.locator("#chat [data-testid=user]")
+    users.last.get_by_text("Hello?").wait_for()
+    assert users.last.inner_text().strip() == "Hello?"  # its own bubble, not merged into the stopped one
+    page.screenshot(path=str(ARTIFACTS / "ux-stopped-before.png"))
+    page.close()
+
+
+def test_the_api_page_lists_chat_first(page, app_server):
+    page.get_by_text("Use via API").first.click()
+    page.get_by_text("API name: /chat").first.wait_for()
+    text = page.locator("body").inner_text()
+    assert text.index("API name: /chat") < text.index("API name: /export")
+    page.screenshot(path=str(ARTIFACTS / "ux-api-page.png"))
