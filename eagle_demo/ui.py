@@ -375,6 +375,31 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         tiles = None if gpu is not None else menu.engine(checked_model(model)).cpu_default_tiles()
         return gr.skip() if tiles is None else tiles
 
+    def in_chat(history: list[dict]) -> int:
+        return sum(len(t["images"]) + bool(t["video"]) for t in conversation(history or []))
+
+    def gallery_label(history: list[dict], images) -> str:
+        """The gallery's label, counting what the chat holds and what waits to be sent."""
+        return f"Images · {in_chat(history) + len(images or [])} of {limits.max_images_per_conversation} in this chat"
+
+    def check_added(images, history: list[dict]):
+        """Images as they are added: each one must open and be within the limits, and the chat must
+        have room for it. A refused file leaves the gallery at once, with a toast saying why."""
+        kept, room = [], limits.max_images_per_conversation - in_chat(history)
+        for item in images or []:
+            try:
+                media.image_size(item[0], limits)
+            except media.MediaError as e:
+                gr.Warning(f"{e} It was not added.")
+                continue
+            if len(kept) >= room:
+                gr.Warning(f"{Path(item[0]).name} was not added: a chat holds {limits.max_images_per_conversation} "
+                           "images and videos. Remove one from the gallery, or Clear the chat for more.")
+                continue
+            kept.append(item)
+        refused = len(kept) < len(images or [])
+        return gr.update(label=gallery_label(history, kept), **(dict(value=kept) if refused else {}))
+
     def add_message(text: str, images, video, history: list[dict], answering: bool):
         """The question into the chat, the inputs emptied. Refused (a toast; the text stays in the box)
         while an answer streams, or when there is nothing to send; the answer then does not start."""
@@ -383,7 +408,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             raise gr.Error(BUSY_SENDING, print_exception=False)
         if not (text.strip() or images or video):
             raise gr.Error("Type a question, or add an image or a video.", print_exception=False)
-        return history + [user_message(text, images, video)], "", None, None, "", True  # the files went with it
+        history = history + [user_message(text, images, video)]
+        return history, "", gr.update(value=None, label=gallery_label(history, [])), None, "", True  # sent with it
 
     def answer_updates(turns: list[dict], model: str, system: str,
                        settings: GenerationSettings) -> Iterator[AnswerUpdate]:
@@ -537,12 +563,16 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                     "Answers with `<ref>…</ref><box>…</box>` get their boxes drawn on the image.")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
+                with gr.Row(elem_id="model-row", equal_height=True):  # above the chat: in view on a phone too
+                    model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1,
+                                        scale=1, min_width=160)
+                    status_md = gr.Markdown(elem_id="status")
                 answering = gr.State(False)  # an answer of this session is on its way
                 chatbot = gr.Chatbot(elem_id="chat", label="Chat", height="55vh", min_height=300,
                                      layout="bubble", buttons=["copy", "copy_all"], feedback_options=None,
                                      placeholder="Add images or a video below, then ask about them.")
                 with gr.Row(elem_id="uploads"):
-                    gallery = gr.Gallery(label=f"Images (up to {limits.max_images_per_conversation} per chat)",
+                    gallery = gr.Gallery(label=gallery_label([], []),
                                          type="filepath", file_types=["image"], interactive=True, columns=4,
                                          height=130, object_fit="contain", min_width=150)
                     video = gr.Video(label=f"Video (up to {limits.max_upload_mb} MB)", sources=["upload"],
@@ -560,13 +590,10 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                     clear_btn = gr.Button("Clear", size="sm", elem_id="clear", min_width=60, interactive=False)
                     export_btn = gr.DownloadButton("Export", size="sm", elem_id="export", value=None, min_width=60,
                                                    interactive=False)
-                gr.Examples([[text, [str(ASSETS / f) for f in images] or None, video and str(ASSETS / video)]
+                examples = gr.Examples([[text, [str(ASSETS / f) for f in images] or None, video and str(ASSETS / video)]
                              for text, images, video in EXAMPLES], inputs=[textbox, gallery, video],
                             label="Examples (all drawn by this project)", elem_id="examples")
             with gr.Column(scale=2, min_width=280):
-                model = gr.Dropdown(models, value=models[0], label="Model",
-                                    visible=len(models) > 1)
-                status_md = gr.Markdown(elem_id="status")
                 with gr.Accordion("Settings", open=True):
                     max_tiles = slider("max_tiles", 1, info="more tiles read finer detail, but take longer")
                     num_frames = slider("num_frames", 1, info="sampled evenly over the whole video")
@@ -607,12 +634,13 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                                  api_visibility="undocumented", show_progress="minimal", **model_queue)
 
         # queued, not queue=False: only a queued event's errors reach the page as toasts
-        asked = textbox.submit(add_message, [textbox, gallery, video, chatbot, answering],
-                               [chatbot, textbox, gallery, video, wait_md, answering], api_visibility="private")
-        answered = chain_respond(asked)
+        asking = dict(fn=add_message, inputs=[textbox, gallery, video, chatbot, answering],
+                      outputs=[chatbot, textbox, gallery, video, wait_md, answering], api_visibility="private")
+        answered = chain_respond(textbox.submit(**asking))
+        example_answered = chain_respond(examples.load_input_event.then(**asking))  # an example runs when clicked
         retried = chain_respond(retry_btn.click(retry, [chatbot, answering], [chatbot, answering],
                                                 api_visibility="private"))
-        generating = [answered, retried]
+        generating = [answered, retried, example_answered]
         # gradio closes the running handler: its generator's exit stops the decode
         halted = stop_btn.click(lambda history: (stopped(history), False), chatbot, [chatbot, answering],
                                 cancels=generating, queue=False, api_visibility="private")
@@ -620,14 +648,18 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                                 queue=False, api_visibility="private")
         cleared = clear_btn.click(lambda: ([], None, False), None, [chatbot, export_btn, answering],
                                   cancels=generating, queue=False, api_visibility="private")
-        for event in (answered, retried, undone, halted):  # the Export button always holds the chat so far
+        for event in (answered, retried, example_answered, undone, halted):  # Export always holds the chat so far
             event.then(export, [chatbot, model, system, *knobs], export_btn, show_progress="hidden",
                        **(dict(api_name="export") if event is answered else dict(api_visibility="private")))
+        gallery.upload(check_added, [gallery, chatbot], gallery, show_progress="hidden", api_visibility="private")
         buttons = [stop_btn, retry_btn, undo_btn, clear_btn, export_btn]
         for event in (answering.change, undone.then, cleared.then, halted.then):
             event(controls, [chatbot, answering], buttons, queue=False, api_visibility="private")
         for event in (undone, cleared, halted):  # a cancelled answer leaves its last stage in the status
             event.then(status, model, status_md, queue=False, api_visibility="private")
+        for event in (undone, cleared):
+            event.then(lambda history, images: gr.update(label=gallery_label(history, images)), [chatbot, gallery],
+                       gallery, queue=False, show_progress="hidden", api_visibility="private")
         model.change(status, model, status_md, queue=False, api_visibility="private")
         demo.load(status, model, status_md, queue=False, api_visibility="private")
         demo.load(default_tiles, model, max_tiles, queue=False, api_visibility="private")

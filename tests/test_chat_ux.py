@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from eagle_demo.config import LIMITS
 from eagle_demo.ui import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
 from tests.test_browser import CHROMIUM, ask, browser, sample_with_seed, set_number, small_app  # noqa: F401
@@ -153,3 +154,36 @@ def test_the_api_page_lists_chat_first(page, app_server):
     text = page.locator("body").inner_text()
     assert text.index("API name: /chat") < text.index("API name: /export")
     page.screenshot(path=str(ARTIFACTS / "ux-api-page.png"))
+
+
+def test_files_are_checked_as_they_are_added_and_the_gallery_counts_them(page, app_server, tmp_path):
+    renamed = tmp_path / "notes.png"
+    renamed.write_text("a text file with an image's name")
+    gallery = page.locator("#uploads input[type=file]").first
+    gallery.set_input_files([str(ASSETS / "scene.jpg"), str(renamed)])
+    toast(page, "notes.png is not an image this app can open")
+    page.get_by_text(f"Images · 1 of {LIMITS.max_images_per_conversation} in this chat").wait_for()
+    assert page.locator("#uploads img").count() == 1  # the refused file never entered the gallery
+    page.screenshot(path=str(ARTIFACTS / "ux-refused-upload.png"))
+    set_number(page, "Max new tokens", 4)
+    ask(page, "What is this?")
+    page.get_by_text(f"Images · 1 of {LIMITS.max_images_per_conversation} in this chat").wait_for()  # in the chat now
+    assert "notes.png" not in page.locator("#chat").inner_text()
+
+
+def test_the_chat_s_image_limit_refuses_the_one_too_many_as_it_is_added(page, app_server):
+    gallery = page.locator("#uploads input[type=file]").first
+    limit = LIMITS.max_images_per_conversation
+    gallery.set_input_files([str(ASSETS / "chart.png")] * (limit - 1))
+    page.get_by_text(f"Images · {limit - 1} of {limit} in this chat").wait_for()
+    gallery.set_input_files([str(ASSETS / "scene.jpg"), str(ASSETS / "document.jpg")])
+    toast(page, f"document.jpg was not added: a chat holds {limit} images and videos.")
+    page.get_by_text(f"Images · {limit} of {limit} in this chat").wait_for()
+
+
+def test_an_example_runs_when_clicked(page, app_server):
+    set_number(page, "Max new tokens", 4)
+    page.locator("#examples").get_by_text("Describe this picture in detail.").first.click()
+    page.locator("#chat [data-testid=user]").get_by_text("Describe this picture in detail.").wait_for()
+    page.wait_for_function("() => !document.querySelector('#export').disabled", timeout=60_000)
+    assert page.locator("#chat [data-testid=bot]").count() >= 1

@@ -61,7 +61,7 @@ def test_concurrency_is_one_queue_for_everything_that_runs_the_model(tiny_checkp
 
     demo, _, _ = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--concurrency", "3"]))
     model_runs = [fn for fn in demo.fns.values() if fn.name in ("respond", "chat_api")]
-    assert len(model_runs) == 3  # Send, Retry and the chat endpoint
+    assert len(model_runs) == 4  # Send, Retry, a clicked example and the chat endpoint
     assert all(fn.concurrency_id == ANSWERS and fn.concurrency_limit == 3 for fn in model_runs)
 
 
