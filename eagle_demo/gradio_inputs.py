@@ -47,12 +47,15 @@ def text_only(component: gr.Textbox, name: str) -> None:
 
 def unreadable(block_fn, inputs: list) -> str:
     """What to change when gradio could not read a request's values."""
-    names = list(inspect.signature(block_fn.fn).parameters)[:len(block_fn.inputs)]
-    if len(inputs) < len(block_fn.inputs):
-        return (f"This endpoint takes {len(block_fn.inputs)} values ({', '.join(names)}); {len(inputs)} were sent. "
+    # a session's State is the server's own, never a client's to send
+    sent = [(n, c) for n, c in zip(inspect.signature(block_fn.fn).parameters, block_fn.inputs)
+            if not isinstance(c, gr.State)]
+    names = [n for n, _ in sent]
+    if len(inputs) < len(sent):
+        return (f"This endpoint takes {len(sent)} values ({', '.join(names)}); {len(inputs)} were sent. "
                 "Send them all, or call it with gradio_client, which fills in the defaults.")
-    files = [n for n, c in zip(names, block_fn.inputs) if isinstance(c, (gr.File, gr.Gallery, gr.Video))]
-    chats = [n for n, c in zip(names, block_fn.inputs) if isinstance(c, gr.Chatbot)]
+    files = [n for n, c in sent if isinstance(c, (gr.File, gr.Gallery, gr.Video))]
+    chats = [n for n, c in sent if isinstance(c, gr.Chatbot)]
     checks = [*([f"{' and '.join(files)}: each must be one of the {FILE_HINT}"] if files else []),
               *([f"{' and '.join(chats)}: it must be {CHATBOT_HINT}"] if chats else [])]
     return "Could not read the request. Check " + "; ".join(checks or [", ".join(names)]) + "."

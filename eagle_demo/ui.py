@@ -56,6 +56,11 @@ OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # annotated images and ex
 
 CSS = """
 #chat .message img {max-height: 240px; width: auto;}
+/* a question's images as a compact row of thumbnails (a click enlarges one), its text below */
+#chat .user-row .message.user {display: flex; flex-wrap: wrap; justify-content: flex-end; gap: 6px;}
+#chat .user-row .message.user > .message.component {width: auto; max-width: 168px;}
+#chat .user-row .message.user > .message.component img {max-height: 120px;}
+#chat .user-row .message.user > .message:not(.component) {flex-basis: 100%;}
 @media (max-width: 640px) {
   #examples {max-width: calc(100vw - 64px); overflow-x: auto;}
   #chat {height: 60vh !important;}
@@ -140,12 +145,13 @@ def stopped(history: list[dict]) -> list[dict]:
     return history
 
 
-def controls(history: list[dict], answering: bool) -> tuple:
-    """Stop, Retry, Undo, Clear and Export: each enabled only when it can act."""
+def controls(history: list[dict], answering: bool, exported) -> tuple:
+    """Stop, Retry, Undo, Clear and Export: each enabled only when it can act (Export once the file
+    of the chat so far is written: a new question empties it)."""
     asked = any(m["role"] == "user" for m in history or [])
     return (gr.update(interactive=answering), gr.update(interactive=asked and not answering),
             gr.update(interactive=bool(history)), gr.update(interactive=bool(history)),
-            gr.update(interactive=bool(history) and not answering))
+            gr.update(interactive=bool(exported) and not answering))
 
 
 def conversation(history: list[dict]) -> list[dict]:
@@ -261,7 +267,10 @@ def annotate(answer: str, turns: list[dict]) -> str | None:
 
 
 # ----------------------------------------------------------------------------- export
-def export_json(history: list[dict], model: str, system: str, settings: GenerationSettings) -> dict:
+def export_json(history: list[dict], model: str, system: str, settings: GenerationSettings,
+                made: dict | None = None) -> dict:
+    """The chat as JSON: each answer with what it was made with (`made`: answer_key -> model,
+    system prompt, settings and stats), where this session made it; the current settings besides."""
     messages = []
     for message in history:
         text, files = _parts(message)
@@ -272,7 +281,8 @@ def export_json(history: list[dict], model: str, system: str, settings: Generati
                              "images": [Path(f).name for f in files if not _is_video(f)],
                              "video": next((Path(f).name for f in files if _is_video(f)), None)})
         else:
-            messages.append({"role": "assistant", "text": text})
+            record = (made or {}).get(answer_key(_answer_text(message)))
+            messages.append({"role": "assistant", "text": text, **({"made_with": record} if record else {})})
     return {"app": "Eagle2 Demo", "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model, "system_prompt": system, "settings": asdict(settings), "messages": messages}
 
@@ -337,7 +347,14 @@ def answer_footer(model: str, stats: dict) -> str:
         parts.append(f"{stats['ttft_s']:.1f} s to first token")
     if stats.get("tokens_per_s"):
         parts.append(f"{stats['tokens_per_s']:.0f} tokens/s")
+    if stats.get("tiles"):
+        parts.append(f"{stats['tiles']} tiles and frames")
     return " · ".join(parts)
+
+
+def answer_key(text: str) -> str:
+    """What an answer's record (see `respond`) is found by in the export: its text's digest."""
+    return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
 
 
 def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = None, concurrency: int = 1,
@@ -409,7 +426,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         if not (text.strip() or images or video):
             raise gr.Error("Type a question, or add an image or a video.", print_exception=False)
         history = history + [user_message(text, images, video)]
-        return history, "", gr.update(value=None, label=gallery_label(history, [])), None, "", True  # sent with it
+        return history, "", gr.update(value=None, label=gallery_label(history, [])), None, "", True, None
 
     def answer_updates(turns: list[dict], model: str, system: str,
                        settings: GenerationSettings) -> Iterator[AnswerUpdate]:
@@ -447,9 +464,11 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
 
     @error_boundary
     def respond(history: list[dict], model: str, system: str, max_tiles, num_frames, temperature, top_p,
-                max_new_tokens, repetition_penalty, top_k, seed) -> Iterator[tuple[list[dict], str]]:
+                max_new_tokens, repetition_penalty, top_k, seed, made: dict | None = None) -> Iterator[tuple]:
+        """Streams (chat, status, answering, made): `made` (session state) records what each answer
+        was made with, for the export."""
         if not history or history[-1]["role"] != "user" or _is_error(history[-1]):
-            yield gr.skip(), gr.skip(), False  # nothing asked
+            yield gr.skip(), gr.skip(), False, gr.skip()  # nothing asked
             return
         turns = conversation(history)
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
@@ -460,13 +479,13 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         try:
             for update in updates:
                 if update.status:
-                    yield history, status(model, update.status), gr.skip()
+                    yield history, status(model, update.status), gr.skip(), gr.skip()
                     continue
                 text, stats = update.text, update.stats or stats
-                yield history + [answer_message(text)], gr.skip(), gr.skip()
+                yield history + [answer_message(text)], gr.skip(), gr.skip(), gr.skip()
         except gr.Error as e:
             kept = [answer_message(text)] if text else []
-            yield history + kept + [error_message(e.message)], status(model), False
+            yield history + kept + [error_message(e.message)], status(model), False, gr.skip()
             return
         finally:
             updates.close()  # stops the decode (in ZeroGPU's worker: at its next yield)
@@ -476,7 +495,9 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         footer = answer_footer(model, stats) if stats else None
         if not text.strip():  # a blank bubble would look like a fault of the page
             footer = " · ".join(filter(None, ["the model ended its answer without writing anything", footer]))
-        yield history + [answer_message(text, drawn, footer)], status(model), False
+        record = {"model": model, "system_prompt": system, "settings": asdict(settings), "stats": stats}
+        made = dict(list((made or {}).items())[-limits.max_chat_messages:])  # bounded: old retries drop out
+        yield history + [answer_message(text, drawn, footer)], status(model), False, {**made, answer_key(text): record}
 
     @error_boundary
     def chat_api(message: str, images: list[str] | None = None, video: str | None = None,
@@ -514,7 +535,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             history = history[:-1]
         if not history:
             raise gr.Error("Nothing to retry yet: ask a question first.", print_exception=False)
-        return history, True
+        return history, True, None
 
     def undo(history: list[dict]):
         """Remove the last question and its answer; put the question back in the inputs."""
@@ -531,7 +552,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
     def export(history: list[dict], model: str = models[0], system: str = DEFAULT_SYSTEM_PROMPT,
                max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
                top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
-               repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed=None) -> str | None:
+               repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed=None,
+               made: dict | None = None) -> str | None:
         """The chat and the settings used, as a JSON file to download."""
         if not history:
             return None
@@ -543,7 +565,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             raise gr.Error(f"This chat is too long to export ({len(history):,} messages, {chars:,} characters; the "
                            f"limits are {limits.max_chat_messages:,} and {limits.max_chat_chars:,}).",
                            print_exception=False)
-        data = export_json(history, model, system, settings)
+        data = export_json(history, model, system, settings, made if isinstance(made, dict) else None)
         # a lone surrogate (which no file can hold) becomes "?"
         text = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8")
         folder = OUT_DIR / hashlib.sha1(text.encode()).hexdigest()[:16]  # one folder per export: a clean name
@@ -568,6 +590,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                                         scale=1, min_width=160)
                     status_md = gr.Markdown(elem_id="status")
                 answering = gr.State(False)  # an answer of this session is on its way
+                made = gr.State({})  # what each of this session's answers was made with (see respond)
                 chatbot = gr.Chatbot(elem_id="chat", label="Chat", height="55vh", min_height=300,
                                      layout="bubble", buttons=["copy", "copy_all"], feedback_options=None,
                                      placeholder="Add images or a video below, then ask about them.")
@@ -630,15 +653,16 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                          api_answer, api_name="chat", **model_queue)  # first: the API page lists it first
 
         def chain_respond(event):  # only after a question was taken: a refused one raised its toast
-            return event.success(respond, [chatbot, model, system, *knobs], [chatbot, status_md, answering],
+            return event.success(respond, [chatbot, model, system, *knobs, made], [chatbot, status_md, answering, made],
                                  api_visibility="undocumented", show_progress="minimal", **model_queue)
 
         # queued, not queue=False: only a queued event's errors reach the page as toasts
         asking = dict(fn=add_message, inputs=[textbox, gallery, video, chatbot, answering],
-                      outputs=[chatbot, textbox, gallery, video, wait_md, answering], api_visibility="private")
+                      outputs=[chatbot, textbox, gallery, video, wait_md, answering, export_btn],
+                      api_visibility="private")
         answered = chain_respond(textbox.submit(**asking))
         example_answered = chain_respond(examples.load_input_event.then(**asking))  # an example runs when clicked
-        retried = chain_respond(retry_btn.click(retry, [chatbot, answering], [chatbot, answering],
+        retried = chain_respond(retry_btn.click(retry, [chatbot, answering], [chatbot, answering, export_btn],
                                                 api_visibility="private"))
         generating = [answered, retried, example_answered]
         # gradio closes the running handler: its generator's exit stops the decode
@@ -648,13 +672,16 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                                 queue=False, api_visibility="private")
         cleared = clear_btn.click(lambda: ([], None, False), None, [chatbot, export_btn, answering],
                                   cancels=generating, queue=False, api_visibility="private")
-        for event in (answered, retried, example_answered, undone, halted):  # Export always holds the chat so far
-            event.then(export, [chatbot, model, system, *knobs], export_btn, show_progress="hidden",
-                       **(dict(api_name="export") if event is answered else dict(api_visibility="private")))
-        gallery.upload(check_added, [gallery, chatbot], gallery, show_progress="hidden", api_visibility="private")
         buttons = [stop_btn, retry_btn, undo_btn, clear_btn, export_btn]
-        for event in (answering.change, undone.then, cleared.then, halted.then):
-            event(controls, [chatbot, answering], buttons, queue=False, api_visibility="private")
+        enable = dict(fn=controls, inputs=[chatbot, answering, export_btn], outputs=buttons, queue=False,
+                      api_visibility="private")
+        for event in (answered, retried, example_answered, undone, halted):  # Export always holds the chat so far
+            event.then(export, [chatbot, model, system, *knobs, made], export_btn, show_progress="hidden",
+                       **(dict(api_name="export") if event is answered else dict(api_visibility="private"))
+                       ).then(**enable)
+        answering.change(**enable)
+        cleared.then(**enable)
+        gallery.upload(check_added, [gallery, chatbot], gallery, show_progress="hidden", api_visibility="private")
         for event in (undone, cleared, halted):  # a cancelled answer leaves its last stage in the status
             event.then(status, model, status_md, queue=False, api_visibility="private")
         for event in (undone, cleared):

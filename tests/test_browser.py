@@ -64,6 +64,12 @@ def ask(page, text: str, image: Path | None = None):
     page.locator("#ask textarea").press("Enter")
 
 
+def answered(page, count: int, timeout: float = 60_000) -> None:
+    """Wait until `count` answers have ended (each ends with its line: model, tokens, ...)."""
+    page.wait_for_function("n => [...document.querySelectorAll('#chat [data-testid=bot]')]"
+                           ".filter(b => / tokens( ·|$)/.test(b.innerText)).length >= n", arg=count, timeout=timeout)
+
+
 def settle(generation, quiet: float = 0.3, timeout: float = 10):
     """Wait until the decode loop has produced no token for `quiet` seconds."""
     last, since, end = -1, time.monotonic(), time.monotonic() + timeout
@@ -126,12 +132,10 @@ def test_a_broken_upload_is_refused_with_a_message_and_the_chat_goes_on(page, ap
     assert "/tmp" not in refusal.first.inner_text()  # the file's name, not the server's folders
     set_number(page, "Max new tokens", 8)
     sample_with_seed(page)
-    idle = "() => !document.querySelector('#export').disabled"  # the chat holds a finished answer
     ask(page, "What is in this photo?")
-    page.wait_for_function(idle, timeout=60_000)
+    answered(page, 1)
     ask(page, "Hello?")
-    page.locator("#chat [data-testid=user]").filter(has_text="Hello?").wait_for()
-    page.wait_for_function(idle, timeout=60_000)
+    answered(page, 2)
     chat = page.locator("#chat")
     assert chat.locator("[data-testid=user]").filter(has_text="What is in this photo?").count() == 1
     assert "Could not answer" not in chat.inner_text()  # the broken file never reached the chat

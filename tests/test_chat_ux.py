@@ -14,7 +14,7 @@ import pytest
 from eagle_demo.config import LIMITS
 from eagle_demo.ui import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
-from tests.test_browser import CHROMIUM, ask, browser, sample_with_seed, set_number, small_app  # noqa: F401
+from tests.test_browser import CHROMIUM, answered, ask, browser, sample_with_seed, set_number, small_app  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
 BUTTONS = ("stop", "retry", "undo", "clear", "export")
@@ -187,3 +187,38 @@ def test_an_example_runs_when_clicked(page, app_server):
     page.locator("#chat [data-testid=user]").get_by_text("Describe this picture in detail.").wait_for()
     page.wait_for_function("() => !document.querySelector('#export').disabled", timeout=60_000)
     assert page.locator("#chat [data-testid=bot]").count() >= 1
+
+
+def test_the_export_records_what_each_answer_was_made_with(page, app_server):
+    set_number(page, "Max new tokens", 4)
+    set_number(page, "Temperature", 0)
+    ask(page, "What is this?", ASSETS / "chart.png")
+    answered(page, 1)
+    assert "tiles and frames" in page.locator("#chat [data-testid=bot]").last.inner_text()  # the answer's line
+    set_number(page, "Temperature", 1)
+    set_number(page, "Max new tokens", 6)
+    ask(page, "And now?")
+    answered(page, 2)
+    page.wait_for_function("() => !document.querySelector('#export').disabled")
+    with page.expect_download() as download:
+        page.locator("#export").click()
+    data = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    first, second = (m["made_with"] for m in data["messages"] if m["role"] == "assistant")
+    assert (first["settings"]["temperature"], first["settings"]["max_new_tokens"]) == (0.0, 4)
+    assert (second["settings"]["temperature"], second["settings"]["max_new_tokens"]) == (1.0, 6)
+    assert first["stats"]["tiles"] > 0 and first["stats"]["tokens"] <= 4
+    assert first["model"] == app_server.model and first["system_prompt"] == data["system_prompt"]
+
+
+def test_a_question_s_images_sit_in_one_compact_row(page, app_server):
+    set_number(page, "Max new tokens", 4)
+    page.locator("#uploads input[type=file]").first.set_input_files(
+        [str(ASSETS / name) for name in ("scene.jpg", "chart.png", "document.jpg")])
+    page.get_by_text(f"Images · 3 of {LIMITS.max_images_per_conversation} in this chat").wait_for()
+    ask(page, "Compare them.")
+    page.wait_for_function("() => !document.querySelector('#export').disabled", timeout=60_000)
+    boxes = [img.bounding_box() for img in page.locator("#chat .user-row img").all()]
+    tops = [b["y"] for b in boxes]
+    assert len(boxes) == 3 and max(tops) - min(tops) < 30  # side by side, not stacked
+    assert all(b["width"] <= 168 and b["height"] <= 120 for b in boxes)
+    page.screenshot(path=str(ARTIFACTS / "ux-thumbnails.png"))
