@@ -29,12 +29,18 @@ def browser():
         browser.close()
 
 
+def open_page(browser, url: str, width: int = 1280, height: int = 900):
+    """A new tab on the app, once its message box is there."""
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.locator("#ask textarea").wait_for()
+    return page
+
+
 @pytest.fixture
 def page(browser, app_server):
-    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page.set_default_timeout(30_000)
-    page.goto(app_server.url)
-    page.locator("#ask textarea").wait_for()
+    page = open_page(browser, app_server.url)
     yield page
     page.close()
 
@@ -163,10 +169,7 @@ RECORD_STATUS = """() => { window.stages = [];
 
 def test_a_cpu_turn_shows_its_wait_before_sending_and_its_stages_while_it_works(browser, small_app):
     ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(30_000)
-    page.goto(small_app.url)
-    page.locator("#ask textarea").wait_for()
+    page = open_page(browser, small_app.url)
     images = [str(ASSETS / "scene.jpg"), str(ASSETS / "chart.png")]
     page.locator("#uploads input[type=file]").first.set_input_files(images)
     note = page.locator("#wait")

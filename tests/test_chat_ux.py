@@ -14,7 +14,7 @@ import pytest
 from eagle_demo.config import LIMITS
 from eagle_demo.ui import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
-from tests.test_browser import CHROMIUM, answered, ask, browser, sample_with_seed, set_number, small_app  # noqa: F401
+from tests.test_browser import CHROMIUM, answered, ask, browser, open_page, set_number, small_app  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
 BUTTONS = ("stop", "retry", "undo", "clear", "export")
@@ -22,10 +22,7 @@ BUTTONS = ("stop", "retry", "undo", "clear", "export")
 
 @pytest.fixture
 def page(browser, app_server):  # noqa: F811
-    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-    page.set_default_timeout(30_000)
-    page.goto(app_server.url)
-    page.locator("#ask textarea").wait_for()
+    page = open_page(browser, app_server.url, width=1440)
     yield page
     page.close()
 
@@ -34,10 +31,7 @@ def page(browser, app_server):  # noqa: F811
 def small_page(browser, small_app):  # noqa: F811
     """The app on the `small` checkpoint, asked for a long greedy answer: it streams for a while
     (random weights repeat a newline), long enough to act during it."""
-    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
-    page.set_default_timeout(30_000)
-    page.goto(small_app.url)
-    page.locator("#ask textarea").wait_for()
+    page = open_page(browser, small_app.url, width=1440)
     set_number(page, "Max new tokens", 4096)
     set_number(page, "Temperature", 0)
     yield page
@@ -125,10 +119,7 @@ def test_an_empty_answer_gets_a_note_not_a_blank_bubble(page, app_server):
 
 
 def test_stop_before_the_answer_began_leaves_a_calm_note_and_the_next_question_stands_alone(browser, small_app):  # noqa: F811
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
-    page.set_default_timeout(30_000)
-    page.goto(small_app.url)
-    page.locator("#ask textarea").wait_for()
+    page = open_page(browser, small_app.url, width=1440)
     page.locator("#uploads input[type=file]").first.set_input_files([str(ASSETS / "scene.jpg"),
                                                                       str(ASSETS / "chart.png")])
     page.locator("#uploads img").first.wait_for()
