@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,10 @@ class Engine:
         self.vision_calls = 0  # visuals sent through the vision tower since load
         self.tiles_encoded = 0
         self._path = None  # the checkpoint folder, once resolved
-        self._wait_rates: wait.WaitRates | None = None  # a CPU's cost per tile and per prompt token
+        # a CPU's cost per tile and per prompt token: the probe's (made when an estimate is first asked),
+        # and what the latest turns measured, which takes its place
+        self._probe_rates: wait.WaitRates | None = None
+        self._measured_rates: dict[str, float] = {}
         self._weight_bytes: int | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one decode at a time: the model and KV cache are shared
@@ -235,10 +238,8 @@ class Engine:
         cfg = self._config()
         sizes = [media.image_size(p, self.limits) for p in images]
         frames = min(settings.num_frames, self.limits.max_video_frames) if video else 0
-        context = min(self.limits.context_tokens, cfg.text.max_position_embeddings)
-        max_tiles = preprocessing.fit_tiles_to_context(
-            sizes, frames, settings.max_tiles if cfg.dynamic_image_size else 1, context_tokens=context,
-            tile_size=cfg.tile_size, tokens_per_tile=cfg.tokens_per_tile, use_thumbnail=cfg.use_thumbnail)
+        max_tiles = _max_tiles(cfg, sizes, frames, settings,
+                               min(self.limits.context_tokens, cfg.text.max_position_embeddings))
         tiles = frames + sum(preprocessing.count_tiles(w, h, max_tiles, cfg.tile_size, cfg.use_thumbnail)
                              for w, h in sizes)
         tokens = tiles * cfg.tokens_per_tile + wait.TEXT_TOKENS
@@ -263,26 +264,29 @@ class Engine:
         return self.model.config if self.model is not None else Eagle2Config.from_dir(self._path)
 
     def _rates(self) -> wait.WaitRates | None:
-        """Measured once per process (the matmul probe), then by every turn (see `_calibrate`)."""
+        """The matmul probe's rates (once per process), with what the turns measured in their place."""
         if self.device != "cpu":
             return None
         local = os.path.expanduser(self.model_name)
         self._path = self._path or (Path(local) if os.path.isdir(local) else None)  # never fetch for an estimate
-        if self._wait_rates is None and self._path is not None:
+        if self._probe_rates is None and self._path is not None:
             from .model.loading import default_dtype, parameter_counts
 
             cfg = self._config()
             vision, language = parameter_counts(self._path)
             dtype = torch.float32 if self.cpu_int8 else self.dtype or default_dtype("cpu")
-            self._wait_rates = wait.probe_rates(
+            self._probe_rates = wait.probe_rates(
                 vision, language, patches=(cfg.tile_size // cfg.siglip.patch_size) ** 2,
                 vision_layers=cfg.siglip.num_hidden_layers, vision_width=cfg.siglip.hidden_size,
                 flops_per_s=wait.matmul_flops_per_s(cfg.siglip.hidden_size, dtype))
-        return self._wait_rates
+        if self._probe_rates is None:
+            return None
+        return replace(self._probe_rates, **self._measured_rates, measured=bool(self._measured_rates))
 
     def _calibrate(self, timings: dict) -> None:
-        if self.device == "cpu" and self._rates() is not None:
-            self._wait_rates = wait.calibrated(self._wait_rates, timings)
+        """Keep what a turn measured (no probe here: this runs on the way to an answer's second token)."""
+        if self.device == "cpu":
+            self._measured_rates = {**self._measured_rates, **wait.measured_rates(timings)}
 
     # ------------------------------------------------------------------ requests
     def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
@@ -297,20 +301,16 @@ class Engine:
         turns_in = _group_turns(messages, system, self.limits)
         self.load()
         t0 = time.perf_counter()
-        cfg = self.model.config
         sizes = [media.image_size(p, self.limits) for user, _ in turns_in for p in user.images]
         frames = sum(min(settings.num_frames, self.limits.max_video_frames) for user, _ in turns_in if user.video)
-        requested = settings.max_tiles if cfg.dynamic_image_size else 1  # a checkpoint without tiling: one tile
-        max_tiles = preprocessing.fit_tiles_to_context(
-            sizes, frames, requested, tile_size=cfg.tile_size, tokens_per_tile=cfg.tokens_per_tile,
-            use_thumbnail=cfg.use_thumbnail, context_tokens=self.context)
+        max_tiles = _max_tiles(self.model.config, sizes, frames, settings, self.context)
         turns, size_of = [], iter(sizes)
         for user, answer in turns_in:
             images = [self._tiled_image(p, next(size_of), max_tiles) for p in user.images]
             frames, stamps = self._tiled_video(user.video, settings.num_frames) if user.video else ([], [])
             turns.append(preprocessing.Turn(user=user.text, images=images, frames=frames,
                                             timestamps=stamps, answer=answer))
-        prompt = preprocessing.build_prompt(turns, system, self.tokenizer, cfg.tokens_per_tile)
+        prompt = preprocessing.build_prompt(turns, system, self.tokenizer, self.model.config.tokens_per_tile)
         room = self.context - len(prompt.input_ids)
         if room < 1:
             raise PromptError(f"This conversation needs {len(prompt.input_ids):,} tokens, more than the "
@@ -555,6 +555,14 @@ def _group_turns(messages: list[Message], system: str, limits: Limits) -> list[t
         raise PromptError(f"This conversation has {visuals} images and videos; the limit is "
                           f"{limits.max_images_per_conversation}. Clear the chat to start over.")
     return turns
+
+
+def _max_tiles(cfg, sizes: list[tuple[int, int]], frames: int, settings: GenerationSettings, context: int) -> int:
+    """The tiles per image of a conversation with images of `sizes` and `frames` video frames."""
+    requested = settings.max_tiles if cfg.dynamic_image_size else 1  # a checkpoint without tiling: one tile
+    return preprocessing.fit_tiles_to_context(sizes, frames, requested, tile_size=cfg.tile_size,
+                                              tokens_per_tile=cfg.tokens_per_tile, use_thumbnail=cfg.use_thumbnail,
+                                              context_tokens=context)
 
 
 def _signature(prompt: preprocessing.Prompt, img_context: int) -> list:

@@ -41,6 +41,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ERROR_TITLE = "⚠️ Could not answer"  # metadata title that marks error bubbles (never sent to the model)
 STOPPED_TITLE = "Stopped"  # a question stopped before its answer began: dropped like an error
 BUSY_SENDING = "The answer is still coming. Wait for it, or press Stop, then send again; your text stays in the box."
+BUSY_RETRYING = "The answer is still coming. Wait for it, or press Stop, then retry."
 DEFAULTS = GenerationSettings()
 EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_assets.py
     ("What does this chart show? Which quarter had the best profit margin?", ["chart.png"], None),
@@ -530,7 +531,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
 
     def retry(history: list[dict], answering: bool):
         if answering:
-            raise gr.Error(BUSY_SENDING.replace("send again", "retry"), print_exception=False)
+            raise gr.Error(BUSY_RETRYING, print_exception=False)
         while history and history[-1]["role"] == "assistant":
             history = history[:-1]
         if not history:

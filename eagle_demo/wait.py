@@ -53,15 +53,15 @@ def probe_rates(vision_params: int, language_params: int, patches: int, vision_l
     return WaitRates(tile_s=tile_flops / flops_per_s, token_s=2 * language_params / flops_per_s)
 
 
-def calibrated(rates: WaitRates, timings: dict) -> WaitRates:
-    """`rates` with what a turn measured in place of the probe's figures: its vision tower time per
-    tile encoded, and its prefill time per token (when there were enough of each to time)."""
-    tile_s, token_s = rates.tile_s, rates.token_s
+def measured_rates(timings: dict) -> dict[str, float]:
+    """What a turn measured, as WaitRates fields: its vision tower time per tile encoded, and its
+    prefill time per token (each when there was enough of it to time)."""
+    rates = {}
     if timings.get("encoded_tiles"):
-        tile_s = timings["vision_s"] / timings["encoded_tiles"]
+        rates["tile_s"] = timings["vision_s"] / timings["encoded_tiles"]
     if timings.get("prefill_tokens", 0) >= 64 and "prefill_s" in timings:
-        token_s = timings["prefill_s"] / timings["prefill_tokens"]
-    return WaitRates(tile_s, token_s, measured=True)
+        rates["token_s"] = timings["prefill_s"] / timings["prefill_tokens"]
+    return rates
 
 
 def describe(estimate: WaitEstimate, loaded: bool) -> str:

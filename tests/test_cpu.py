@@ -43,12 +43,12 @@ def test_one_thread_per_physical_core_within_this_process_s_cpus():
 def test_the_cpu_tile_default_keeps_a_photo_s_first_word_near_the_target(tiny_checkpoint):
     engine = Engine(str(tiny_checkpoint), device="cpu")
     assert engine.cpu_default_tiles() == GenerationSettings().max_tiles  # tiny: all the tiles in no time
-    engine._wait_rates = WaitRates(tile_s=6.0, token_s=0.004)  # 1B on this machine's 2 cores
+    engine._probe_rates = WaitRates(tile_s=6.0, token_s=0.004)  # 1B on this machine's 2 cores
     assert engine.cpu_default_tiles() == 1
     cfg = engine._config()
     tiles = count_tiles(*TYPICAL_PHOTO, 2, cfg.tile_size, cfg.use_thumbnail)  # a 2x1 grid and the thumbnail
     prompt_s = (tiles * cfg.tokens_per_tile + TEXT_TOKENS) * 0.004
-    rates = engine._wait_rates = WaitRates(tile_s=(TARGET_FIRST_WORD_S - prompt_s) / tiles - 0.01, token_s=0.004)
+    rates = engine._probe_rates = WaitRates(tile_s=(TARGET_FIRST_WORD_S - prompt_s) / tiles - 0.01, token_s=0.004)
 
     def photo_s(max_tiles: int) -> float:
         tiles = count_tiles(*TYPICAL_PHOTO, max_tiles, cfg.tile_size, cfg.use_thumbnail)
@@ -64,10 +64,10 @@ def test_each_turn_replaces_the_probe_s_rates_with_what_it_measured(tiny_checkpo
     image = str(ASSETS / "scene.jpg")
     settings = GenerationSettings(temperature=0.0, max_new_tokens=2, max_tiles=4)
     before = engine.first_word_estimate([image], None, settings)
-    assert not engine._wait_rates.measured
+    assert not engine._rates().measured
     generation = engine.chat([Message("user", "What is this?", images=[image])], "", settings)
     list(generation)
-    rates, timings = engine._wait_rates, generation.timings
+    rates, timings = engine._rates(), generation.timings
     assert rates.measured and rates.tile_s == timings["vision_s"] / timings["encoded_tiles"]
     assert rates.token_s == timings["prefill_s"] / timings["prefill_tokens"]
     after = engine.first_word_estimate([image], None, settings)
@@ -83,3 +83,9 @@ def test_a_cpu_engine_stores_wide_weights_input_major_and_keeps_the_tie(tiny_che
     assert lm.lm_head.weight.stride() == (1, lm.config.vocab_size)  # seen [vocab, hidden], stored [hidden, vocab]
     assert lm.lm_head.weight is lm.model.embed_tokens.weight  # still one tied matrix
     assert mlp.gate_proj.weight.stride()[0] == 1 and mlp.down_proj.weight.is_contiguous()  # down: fewer outputs
+
+
+def test_a_turn_runs_no_probe_on_its_way_to_the_answer(tiny_checkpoint):
+    engine = Engine(str(tiny_checkpoint), device="cpu")
+    list(engine.chat([Message("user", "Hi")], "", GenerationSettings(temperature=0.0, max_new_tokens=4)))
+    assert engine._probe_rates is None  # the probe waits until an estimate is asked for

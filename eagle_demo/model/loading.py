@@ -119,7 +119,10 @@ def default_dtype(device: torch.device | str, cpuinfo: str | None = None) -> tor
     return torch.bfloat16 if kind == "cuda" or (kind == "cpu" and native_bf16(cpuinfo)) else torch.float32
 
 
-def _read_cpuinfo() -> str:
+def _read_cpuinfo(given: str | None) -> str:
+    """`given`, or the text of /proc/cpuinfo."""
+    if given is not None:
+        return given
     try:
         with open("/proc/cpuinfo") as file:
             return file.read()
@@ -130,8 +133,8 @@ def _read_cpuinfo() -> str:
 def native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU multiplies bfloat16 natively: Intel AMX, or AVX512-BF16 (Intel, AMD Zen 4 on).
     `cpuinfo`: the text of /proc/cpuinfo (read when not given)."""
-    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
-    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    flags = {flag for line in _read_cpuinfo(cpuinfo).splitlines() if line.startswith("flags")
+             for flag in line.partition(":")[2].split()}
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
@@ -140,7 +143,7 @@ def physical_cores(cpuinfo: str | None = None) -> int:
     units, so a thread each only adds contention), at most the CPUs this process may use."""
     allowed = len(os.sched_getaffinity(0))
     cores, physical = set(), "0"
-    for line in (_read_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+    for line in _read_cpuinfo(cpuinfo).splitlines():
         key, _, value = (part.strip() for part in line.partition(":"))
         if key == "physical id":
             physical = value
