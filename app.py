@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 
 from eagle_demo import ui
 from eagle_demo.config import DEFAULT_MODEL, LIMITS, QUEUED_PER_ANSWER_SLOT
+from eagle_demo.handlers import load_hint
 from eagle_demo.models import ModelMenu
 from eagle_demo.request_guard import RequestGuard
 
@@ -76,7 +77,7 @@ def check_models(models: list[str]) -> str | None:
                     f"./tiny-eagle2` and run `python app.py --model ./tiny-eagle2`.")
         if not looks_local and not _in_hub_cache(name):
             print(f"note: {name} is not downloaded yet; it is fetched from the Hugging Face Hub on the first "
-                  f"message.{ui.load_hint(name).replace('`', '')}", file=sys.stderr)
+                  f"message.{load_hint(name).replace('`', '')}", file=sys.stderr)
     return None
 
 

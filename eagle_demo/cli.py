@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _generate(args) -> int:
-    from .engine import Engine, Message
+    from .conversation import Message
+    from .engine import Engine
     from .wait import describe
 
     settings = GenerationSettings.checked(

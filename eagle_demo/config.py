@@ -44,15 +44,16 @@ class SettingRange:
     whole: bool  # a whole number
 
 
-# What a client may ask for: the UI's sliders, the `chat` endpoint and the CLI all take these.
+# What a client may ask for: the UI's sliders, the `chat` endpoint and the CLI all take these, in
+# this order wherever they are positional (the endpoints' parameters: keep it, clients rely on it).
 SETTING_RANGES = {
     "max_tiles": SettingRange("Max tiles per image", 1, 24, True),
     "num_frames": SettingRange("Video frames", 1, LIMITS.max_video_frames, True),
     "temperature": SettingRange("Temperature", 0.0, 1.5, False),
     "top_p": SettingRange("Top-p", 0.05, 1.0, False),
-    "top_k": SettingRange("Top-k", 0, 200, True),
     "max_new_tokens": SettingRange("Max new tokens", 1, 4096, True),
     "repetition_penalty": SettingRange("Repetition penalty", 1.0, 2.0, False),
+    "top_k": SettingRange("Top-k", 0, 200, True),
     "seed": SettingRange("Seed", 0, 2**63 - 1, True),
 }
 # Below this (and above 0, which is greedy) dividing the logits by the temperature overflows.

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 
 from . import media, preprocessing, wait
 from .config import LIMITS, GenerationSettings, Limits
+from .conversation import Message
 from .decoding import Decoder, HostToken, TextStream, sample_next
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,6 @@ class PromptError(ValueError):
 
 class GenerationError(RuntimeError):
     """The model failed on a request (e.g. out of GPU memory); the message is meant for the user."""
-
-
-@dataclass
-class Message:
-    role: str  # "user" or "assistant"
-    text: str
-    images: list[str] = field(default_factory=list)  # file paths, user messages only
-    video: str | None = None
 
 
 class _LRU:
@@ -317,7 +310,8 @@ class Engine:
             raise PromptError(f"This conversation needs {len(prompt.input_ids):,} tokens, more than the "
                               f"model's {self.context:,}. Clear the chat or send fewer images.")
         return Generation(self, prompt, settings, min(settings.max_new_tokens, room), cancel,
-                          {"media_s": time.perf_counter() - t0}, progress or (lambda text: None))
+                          {"media_s": time.perf_counter() - t0}, progress or (lambda text: None),
+                          num_frames=len(turns[-1].frames))
 
     def _digest(self, path: str) -> str:
         stat = os.stat(path)
@@ -406,13 +400,14 @@ class Generation:
     """Iterate for the answer's text deltas. Afterwards: text, token ids, tile counts and timings."""
 
     def __init__(self, engine: Engine, prompt, settings: GenerationSettings, max_new_tokens: int,
-                 cancel: threading.Event | None, timings: dict, progress: Callable[[str], None]):
+                 cancel: threading.Event | None, timings: dict, progress: Callable[[str], None], num_frames: int = 0):
         self.engine, self.prompt, self.settings, self.progress = engine, prompt, settings, progress
         self.max_new_tokens = max_new_tokens
         self.cancel = cancel or threading.Event()
         self.timings = timings
         self.prompt_token_ids = prompt.input_ids
-        self.num_tiles = prompt.num_tiles
+        self.num_tiles = prompt.num_tiles  # per visual, video frames included
+        self.num_frames = num_frames  # of the video asked about now
         self.token_ids: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None  # "stop", "length" or "cancelled"

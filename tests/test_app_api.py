@@ -15,22 +15,23 @@ from tests.conftest import ASSETS, ROOT, serve_app, stream, wait_until_serving
 
 
 def test_chat_history_becomes_the_models_conversation():
-    from eagle_demo import ui
+    from eagle_demo import conversation as chat
+    from eagle_demo.conversation import Message
 
     history = [
-        ui.user_message("first", ["/up/a.png"], "/up/v.mp4"),
-        ui.answer_message("answer one", "/out/boxes.png"),
-        ui.user_message("broken", ["/up/bad.png"], None),
-        ui.error_message("bad.png is not an image"),  # drops itself and the question it answers
+        chat.user_message("first", ["/up/a.png"], "/up/v.mp4"),
+        chat.answer_message("answer one", "/out/boxes.png"),
+        chat.user_message("broken", ["/up/bad.png"], None),
+        chat.error_message("bad.png is not an image"),  # drops itself and the question it answers
         {"role": "user", "content": [{"type": "file", "file": {"path": "/up/b.jpg"}},  # as gradio hands it back
                                      {"type": "text", "text": "second"}]},
     ]
-    assert ui.conversation(history) == [
-        {"role": "user", "text": "first", "images": ["/up/a.png"], "video": "/up/v.mp4"},
-        {"role": "assistant", "text": "answer one", "images": [], "video": None},
-        {"role": "user", "text": "second", "images": ["/up/b.jpg"], "video": None},
+    assert chat.conversation(history) == [
+        Message("user", "first", ["/up/a.png"], "/up/v.mp4"),
+        Message("assistant", "answer one"),
+        Message("user", "second", ["/up/b.jpg"]),
     ]
-    assert ui.hide_paths("/up/bad.png is broken", ui.conversation(history[2:3])) == "bad.png is broken"
+    assert chat.hide_paths("/up/bad.png is broken", chat.conversation(history[2:3])) == "bad.png is broken"
 
 
 # Random weights: greedy decoding repeats one token (a newline here), sampling gives visible text.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from eagle_demo.config import LIMITS
-from eagle_demo.ui import BUSY_SENDING
+from eagle_demo.handlers import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
 from tests.test_browser import CHROMIUM, answered, ask, browser, open_page, set_number, small_app  # noqa: F401
 
@@ -172,9 +172,9 @@ def test_the_chat_s_image_limit_refuses_the_one_too_many_as_it_is_added(page, ap
     page.get_by_text(f"Images · {limit} of {limit} in this chat").wait_for()
 
 
-def test_an_example_runs_when_clicked(page, app_server):
+def test_an_example_card_in_the_empty_chat_runs_when_clicked(page, app_server):
     set_number(page, "Max new tokens", 4)
-    page.locator("#examples").get_by_text("Describe this picture in detail.").first.click()
+    page.locator("#chat").get_by_text("Describe this picture in detail.").first.click()
     page.locator("#chat [data-testid=user]").get_by_text("Describe this picture in detail.").wait_for()
     page.wait_for_function("() => !document.querySelector('#export').disabled", timeout=60_000)
     assert page.locator("#chat [data-testid=bot]").count() >= 1
@@ -185,7 +185,7 @@ def test_the_export_records_what_each_answer_was_made_with(page, app_server):
     set_number(page, "Temperature", 0)
     ask(page, "What is this?", ASSETS / "chart.png")
     answered(page, 1)
-    assert "tiles and frames" in page.locator("#chat [data-testid=bot]").last.inner_text()  # the answer's line
+    assert "image tiles" in page.locator("#chat [data-testid=bot]").last.inner_text()  # the answer's line
     set_number(page, "Temperature", 1)
     set_number(page, "Max new tokens", 6)
     ask(page, "And now?")
@@ -197,7 +197,7 @@ def test_the_export_records_what_each_answer_was_made_with(page, app_server):
     first, second = (m["made_with"] for m in data["messages"] if m["role"] == "assistant")
     assert (first["settings"]["temperature"], first["settings"]["max_new_tokens"]) == (0.0, 4)
     assert (second["settings"]["temperature"], second["settings"]["max_new_tokens"]) == (1.0, 6)
-    assert first["stats"]["tiles"] > 0 and first["stats"]["tokens"] <= 4
+    assert first["stats"]["image_tiles"] > 0 and first["stats"]["tokens"] <= 4
     assert first["model"] == app_server.model and first["system_prompt"] == data["system_prompt"]
 
 

@@ -1,0 +1,486 @@
+"""What the app's events do, as methods of `ChatHandlers`; `ui.build_app` only lays out and wires.
+
+Every answer, the page's and the API's, goes one way: `_stream`, over `answer_updates`, the model
+side, which takes and yields plain data, so that on ZeroGPU it can run in the GPU worker. Stop (or
+a client's cancel) closes the handler's generator, and the decode ends after its current token.
+No model code here: engines come from the ModelMenu.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import queue
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from . import grounding, media, wait
+from .config import DEFAULT_SYSTEM_PROMPT, SETTING_RANGES, GenerationSettings, Limits, SettingsError
+from .conversation import (
+    Message,
+    answer_footer,
+    answer_key,
+    answer_message,
+    answer_text,
+    conversation,
+    error_message,
+    export_json,
+    hide_paths,
+    is_error,
+    is_video,
+    parts,
+    user_message,
+    without_answers,
+)
+from .gradio_inputs import HISTORY_HINT, InputError
+from .models import LoadError, ModelMenu
+
+log = logging.getLogger(__name__)
+
+BUSY_SENDING = "The answer is still coming. Wait for it, or press Stop, then send again; your text stays in the box."
+BUSY_RETRYING = "The answer is still coming. Wait for it, or press Stop, then retry."
+DEFAULTS = GenerationSettings()
+OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # drawings, exports, frames; gradio copies them
+_DONE = object()
+
+
+def on_own_thread(work: Callable[[Callable[[Any], None], threading.Event], None]) -> Iterator:
+    """Yield what `work(emit, cancel)` emits, running it on one thread of its own.
+
+    The work (loading, decoding) then never waits on gradio. Closing this generator (Stop, a
+    client's cancel, ZeroGPU's stop at the next yield) sets `cancel`, and the decode loop ends after
+    its current token, freeing the engine.
+    """
+    items: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def run():
+        try:
+            work(items.put, cancel)
+        except BaseException as e:  # handed to the consumer, who raises it
+            items.put(e)
+        finally:
+            items.put(_DONE)
+
+    worker = threading.Thread(target=run, name="eagle2-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        worker.join(timeout=30)  # the engine stops after the token it is on
+
+
+@dataclass
+class AnswerUpdate:
+    """What the model side streams (pickled across ZeroGPU's worker): the answer so far, or a status."""
+
+    text: str = ""
+    status: str | None = None
+    stats: dict | None = None  # with the last update
+
+
+def settings_from(*values) -> GenerationSettings:
+    """The settings a client sent, in SETTING_RANGES' order, checked; a gr.Error naming the first bad one."""
+    named = dict(zip(SETTING_RANGES, values))
+    seed = named.get("seed")
+    if isinstance(seed, str):  # the Seed box: empty for a fresh answer each time
+        named["seed"] = None if not seed.strip() else int(seed) if re.fullmatch(r"\s*\d{1,19}\s*", seed) else seed
+    try:
+        return GenerationSettings.checked(**named)
+    except SettingsError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+
+
+def annotate(answer: str, turns: list[Message]) -> str | None:
+    """Draw the answer's boxes on the latest image of the chat; the PNG's path, or None."""
+    boxes = grounding.parse_boxes(answer)
+    images = [p for t in turns for p in t.images]
+    if not boxes or not images:
+        return None
+    try:  # upright and within the limits, as the model saw it
+        drawn = grounding.draw_boxes(media.open_image(images[-1]), boxes)
+    except media.MediaError:
+        return None
+    return _saved(drawn, f"{images[-1]}|{boxes}", "boxes")
+
+
+def _saved(image, identity: str, kind: str) -> str:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"{kind}-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.png"
+    image.save(path)
+    return str(path)
+
+
+def load_hint(model: str) -> str:
+    if Path(model).exists():
+        return ""
+    return ("\n\nNo network? Make a tiny test checkpoint and serve it instead: "
+            "`python -m eagle_demo tiny --out ./tiny-eagle2 && python app.py --model ./tiny-eagle2`, "
+            "or pass `--model` a folder that holds a downloaded Eagle2 checkpoint.")
+
+
+def model_failure(what: str) -> str:
+    """A message for an unexpected server-side failure: its details go to the log under a reference."""
+    reference = uuid.uuid4().hex[:8]
+    log.exception("%s (reference %s)", what, reference)
+    return f"Something went wrong on the server (reference {reference}). Try again, or Clear the chat."
+
+
+@contextmanager
+def _only_user_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception:
+        raise gr.Error(model_failure(f"{what} failed"), print_exception=False) from None
+
+
+def error_boundary(handler: Callable) -> Callable:
+    """What a handler lets out reaches the user as a gr.Error: its own messages as they are, anything
+    unexpected as the reference message (the details go to the log)."""
+    if inspect.isgeneratorfunction(handler):
+        @wraps(handler)
+        def streaming(*args, **kwargs):
+            with _only_user_errors(handler.__name__):
+                yield from handler(*args, **kwargs)
+        return streaming
+
+    @wraps(handler)
+    def plain(*args, **kwargs):
+        with _only_user_errors(handler.__name__):
+            return handler(*args, **kwargs)
+    return plain
+
+
+def _refuse(message: str):
+    raise gr.Error(message, print_exception=False)
+
+
+def _recorded(records: dict | None, key: str, limit: int, **fields) -> dict:
+    """Session records (answer_key -> made_with, rating), bounded: old retries drop out."""
+    records = dict(list((records if isinstance(records, dict) else {}).items())[-limit:])
+    return {**records, key: {**records.get(key, {}), **fields}}
+
+
+class ChatHandlers:
+    """The app's handlers over the models of `menu`. `gpu` is `spaces.GPU` on ZeroGPU: it runs the
+    model side of each answer in its GPU worker, so what crosses into it is plain picklable data.
+    Per-session state comes in as arguments (gr.State): `answering`, and `records`, which holds what
+    each answer was made with and its rating, for the export."""
+
+    def __init__(self, menu: ModelMenu, limits: Limits, gpu: Callable | None = None,
+                 examples: list[tuple[str, list[str], str | None]] = ()):
+        self.menu, self.limits, self.gpu = menu, limits, gpu
+        self.examples = list(examples)  # (question, image paths, video path) of the example cards
+        self.models = menu.names
+        self.generated: set[str] = set()  # drawings, exports, frames: deleted with the uploads
+        if gpu is not None:  # ZeroGPU asks up front for the seconds of GPU an answer may take
+            self.answer_updates = gpu(duration=lambda turns, model, system, settings: menu.gpu_seconds(
+                model, settings.max_new_tokens, sum(len(t.files) for t in turns)))(self.answer_updates)
+
+    # ------------------------------------------------------------------ model and status
+    def checked_model(self, model: str | None) -> str:
+        if model is None:
+            return self.models[0]
+        if model not in self.models:  # never load whatever a client names
+            _refuse(f"Unknown model; this app serves {', '.join(self.models)}.")
+        return model
+
+    def status(self, model: str, state: str | None = None) -> str:
+        return f"**Model** {model} · {state or self.menu.status(model)}"
+
+    def wait_note(self, model: str, images, video, max_tiles, num_frames) -> str:
+        """On a CPU, before sending: the wait for the images, video and settings chosen."""
+        paths = [item[0] for item in images or []]
+        if self.gpu is not None or not (paths or video):
+            return ""
+        try:
+            settings = GenerationSettings.checked(max_tiles=max_tiles, num_frames=num_frames)
+            engine = self.menu.engine(self.checked_model(model))
+            estimate = engine.first_word_estimate(paths, video, settings)
+        except (ValueError, gr.Error):  # a file or value that the answer itself refuses, saying why
+            return ""
+        return "" if estimate is None else f"**Wait** {wait.describe(estimate, loaded=engine.model is not None)}"
+
+    def default_tiles(self, model: str):
+        """On a CPU, the tile limit for a first word in about 10 s there (see wait.py)."""
+        tiles = None if self.gpu is not None else self.menu.engine(self.checked_model(model)).cpu_default_tiles()
+        return gr.skip() if tiles is None else tiles
+
+    # ------------------------------------------------------------------ what waits to be sent
+    def in_chat(self, history: list[dict]) -> int:
+        return sum(len(t.files) for t in conversation(history or []))
+
+    def gallery_update(self, history: list[dict], records: dict | None, items, **changes) -> dict:
+        """The gallery's label (what the chat holds and what waits, against the chat's limit) and,
+        with `items`, its images numbered as the model will see them (`<image k>`: images and
+        video frames counted over the chat; a video's frames as its answer read them)."""
+        label = (f"Images · {self.in_chat(history) + len(items or [])} of {self.limits.max_images_per_conversation} "
+                 "in this chat")
+        if items is None:
+            return gr.update(label=label, **changes)
+        seen, video_waiting = 0, False
+        for turn in conversation(history or []):
+            if turn.role == "user":
+                seen, video_waiting = seen + len(turn.images), bool(turn.video)
+            elif video_waiting:  # the frames that answer read
+                seen, video_waiting = seen + self._frames_read(records, turn.text), False
+        numbered = [(item[0], f"<image {seen + k}>") for k, item in enumerate(items, 1)]
+        return gr.update(label=label, value=numbered or None, **changes)
+
+    @staticmethod
+    def _frames_read(records: dict | None, answer: str) -> int:
+        stats = (((records or {}).get(answer_key(answer)) or {}).get("made_with") or {}).get("stats") or {}
+        return stats.get("frames") or DEFAULTS.num_frames
+
+    def _checked_images(self, paths: list[str], history: list[dict], waiting: int) -> list[str]:
+        """Of `paths` (added to `waiting` images), those that open, are within the limits and fit in
+        the chat; a toast for each one refused, saying why and what to do."""
+        kept, room = [], self.limits.max_images_per_conversation - self.in_chat(history) - waiting
+        for path in paths:
+            try:
+                media.image_size(path, self.limits)
+            except media.MediaError as e:
+                gr.Warning(f"{e} It was not added.")
+                continue
+            if len(kept) >= room:
+                gr.Warning(f"{Path(path).name} was not added: a chat holds {self.limits.max_images_per_conversation} "
+                           "images and videos. Remove one from the gallery, or Clear the chat for more.")
+                continue
+            kept.append(path)
+        return kept
+
+    def check_added(self, images, history: list[dict], records: dict | None):
+        """Images added to the gallery: checked, numbered; a refused one leaves it at once."""
+        items = list(images or [])
+        kept = set(self._checked_images([item[0] for item in items], history, 0))
+        return self.gallery_update(history, records, [item for item in items if item[0] in kept])
+
+    def take_attached(self, box: dict | None, images, video, history: list[dict], records: dict | None):
+        """Files pasted, dropped or attached in the message box move to the gallery (images, checked and
+        numbered) or the video slot; the box keeps its text."""
+        files = [f for f in (box or {}).get("files") or [] if isinstance(f, str)]
+        if not files:
+            return gr.skip(), gr.skip(), gr.skip()
+        items = list(images or [])
+        videos = [f for f in files if is_video(f)]
+        added = self._checked_images([f for f in files if not is_video(f)], history, len(items))
+        if len(videos) > 1 or (videos and video):
+            gr.Info(f"A message holds one video: {Path(videos[-1]).name} takes the video slot.")
+        return ({"text": (box or {}).get("text") or "", "files": []},
+                self.gallery_update(history, records, items + [(p, None) for p in added]),
+                videos[-1] if videos else gr.skip())
+
+    def add_message(self, box: dict | None, images, video, history: list[dict], answering: bool):
+        """The question into the chat, the inputs emptied. Refused (a toast; the text stays in the box)
+        while an answer streams, or when there is nothing to send; the answer then does not start."""
+        text = (box or {}).get("text") or ""
+        images = [item[0] for item in images or []]
+        if answering:
+            _refuse(BUSY_SENDING)
+        if (box or {}).get("files"):  # not yet moved to the gallery: sent as they are
+            images += [f for f in box["files"] if isinstance(f, str) and not is_video(f)]
+        if not (text.strip() or images or video):
+            _refuse("Type a question, or add an image or a video.")
+        history = history + [user_message(text, images, video)]
+        return (history, {"text": "", "files": []}, self.gallery_update(history, None, None, value=None), None, "",
+                True, None)
+
+    def run_example(self, example: gr.SelectData, history: list[dict], answering: bool):
+        """A tapped example card: its question, images and video asked at once (found by its index:
+        what a client sends is never taken as a path)."""
+        text, images, video = self.examples[example.index]
+        return self.add_message({"text": text}, [(p, None) for p in images], video, history, answering)
+
+    # ------------------------------------------------------------------ answering
+    def answer_updates(self, turns: list[Message], model: str, system: str,
+                       settings: GenerationSettings) -> Iterator[AnswerUpdate]:
+        """The model side of an answer (in ZeroGPU's worker there): load if needed, then stream.
+        Every failure leaves as a gr.Error whose message is meant for the user."""
+        menu = self.menu
+
+        def work(emit, cancel):
+            def loading(fraction, text):
+                emit(AnswerUpdate(status=f"{text} ({fraction:.0%})"))
+
+            with menu.use(model, loading) as engine:
+                emit(AnswerUpdate(status=menu.status(model)))
+                generation = engine.chat(turns, system, settings, cancel=cancel,
+                                         progress=lambda stage: emit(AnswerUpdate(status=stage)))
+                text = ""
+                for delta in generation:
+                    text += delta
+                    emit(AnswerUpdate(text=text))
+                emit(AnswerUpdate(text=text, stats={
+                    "model": model, "tokens": len(generation.token_ids),
+                    "ttft_s": generation.timings.get("ttft_s"),
+                    "tokens_per_s": generation.timings.get("decode_tokens_per_s"),
+                    "image_tiles": sum(generation.num_tiles) - generation.num_frames,
+                    "frames": generation.num_frames, "reused_tokens": generation.timings.get("reused_tokens"),
+                    "finish_reason": generation.finish_reason}))
+
+        try:
+            yield from on_own_thread(work)
+        except LoadError as e:
+            log.warning("%s", e)
+            raise gr.Error(f"{e}{load_hint(menu.checkpoint(model))}", print_exception=False) from None
+        except ValueError as e:  # MediaError / PromptError / a checkpoint that cannot load: the user can act
+            raise gr.Error(hide_paths(str(e), turns), print_exception=False) from None
+        except Exception:
+            raise gr.Error(model_failure(f"answering with {model} failed"), print_exception=False) from None
+
+    def _stream(self, turns: list[Message], model: str, system: str | None,
+                settings: GenerationSettings) -> Iterator[AnswerUpdate]:
+        """The one way to an answer, for the page and the API; the last update holds the stats."""
+        updates = self.answer_updates(turns, self.checked_model(model), "" if system is None else system, settings)
+        try:
+            yield from updates
+        finally:
+            updates.close()  # stops the decode (in ZeroGPU's worker: at its next yield)
+
+    @error_boundary
+    def respond(self, history: list[dict], model: str, system: str, max_tiles, num_frames, temperature, top_p,
+                max_new_tokens, repetition_penalty, top_k, seed, records: dict | None = None) -> Iterator[tuple]:
+        """Streams (chat, status, answering, records) for the chat's last question."""
+        if not history or history[-1]["role"] != "user" or is_error(history[-1]):
+            yield gr.skip(), gr.skip(), False, gr.skip()  # nothing asked
+            return
+        turns, model, settings = conversation(history), self.checked_model(model), settings_from(
+            max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed)
+        text, stats = "", None
+        try:
+            for update in self._stream(turns, model, system, settings):
+                if update.status:
+                    yield history, self.status(model, update.status), gr.skip(), gr.skip()
+                    continue
+                text, stats = update.text, update.stats or stats
+                yield history + [answer_message(text)], gr.skip(), gr.skip(), gr.skip()
+        except gr.Error as e:
+            kept = [answer_message(text)] if text else []
+            yield history + kept + [error_message(e.message)], self.status(model), False, gr.skip()
+            return
+        drawn = annotate(text, turns)
+        if drawn:
+            self.generated.add(drawn)
+        footer = answer_footer(model, stats) if stats else None
+        if not text.strip():  # a blank bubble would look like a fault of the page
+            footer = " · ".join(filter(None, ["the model ended its answer without writing anything", footer]))
+        made_with = {"model": model, "system_prompt": system, "settings": asdict(settings),
+                     "stats": stats}
+        records = _recorded(records, answer_key(text), self.limits.max_chat_messages, made_with=made_with)
+        yield history + [answer_message(text, drawn, footer)], self.status(model), False, records
+
+    @error_boundary
+    def chat_api(self, message: str, images: list[str] | None = None, video: str | None = None,
+                 history: list[dict] | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
+                 max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
+                 top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
+                 repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed: int | None = None,
+                 model: str | None = None) -> Iterator[str]:
+        """Answer `message` about `images` / `video` after `history` ([{"role", "content"}] text
+        messages); streams the answer so far."""
+        history = [] if history is None else history
+        if not isinstance(history, list) or not all(
+                isinstance(h, dict) and h.get("role") in ("user", "assistant") for h in history):
+            raise InputError(f"history must be {HISTORY_HINT}.")
+        turns = [Message(h["role"], parts(h)[0]) for h in history]
+        turns.append(Message("user", message or "", list(images or []), video))
+        settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
+                                 top_k, seed)
+        text = ""
+        for update in self._stream(turns, self.checked_model(model), system, settings):
+            if not update.status and update.text != text:
+                text = update.text
+                yield text
+        if not text:
+            yield text
+
+    def retry(self, history: list[dict], answering: bool):
+        if answering:
+            _refuse(BUSY_RETRYING)
+        history = without_answers(history)
+        if not history:
+            _refuse("Nothing to retry yet: ask a question first.")
+        return history, True, None
+
+    def undo(self, history: list[dict]):
+        """Remove the last question and its answer; put the question back in the inputs."""
+        history = without_answers(history)
+        if not history:
+            return history, gr.skip(), gr.skip(), gr.skip(), False
+        text, files = parts(history[-1])
+        images = [(f, None) for f in files if not is_video(f)]
+        video = next((f for f in files if is_video(f)), None)
+        return history[:-1], {"text": text, "files": []}, images or None, video, False
+
+    def rate(self, like: gr.LikeData, history: list[dict], records: dict | None) -> dict:
+        """A like or dislike on an answer, kept for the export (a second click takes it back)."""
+        if not isinstance(like.index, int) or not 0 <= like.index < len(history or []):
+            return gr.skip()
+        rating = {True: "like", False: "dislike"}.get(like.liked)
+        return _recorded(records, answer_key(answer_text(history[like.index])), self.limits.max_chat_messages,
+                         rating=rating)
+
+    def frames_seen(self, history: list[dict], records: dict | None):
+        """The frames the last answer about a video read, with their times, for the expandable row."""
+        turns = conversation(history or [])
+        video = next((t.video for t in reversed(turns) if t.video), None)
+        if video is None:
+            return None
+        answer = next((t.text for t in reversed(turns) if t.role == "assistant"), None)
+        frames = self._frames_read(records, answer) if answer is not None else DEFAULTS.num_frames
+        try:
+            clip = media.sample_video(video, frames, self.limits, frame_size=(224, 224))
+        except media.MediaError:
+            return None
+        shown = []
+        for i, (frame, t) in enumerate(zip(clip.frames, clip.timestamps), 1):
+            path = _saved(frame, f"{video}|{frames}|{i}", "frame")
+            self.generated.add(path)
+            shown.append((path, f"Frame {i} · {t:.2f} s"))
+        return shown
+
+    @error_boundary
+    def export(self, history: list[dict], model: str | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
+               max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
+               top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
+               repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed=None,
+               records: dict | None = None) -> str | None:
+        """The chat and the settings used, as a JSON file to download."""
+        if not history:
+            return None
+        model, system = self.checked_model(model), "" if system is None else system
+        settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
+                                 top_k, seed)
+        chars, limits = len(system) + sum(len(parts(m)[0]) for m in history), self.limits
+        if len(history) > limits.max_chat_messages or chars > limits.max_chat_chars:  # the chat's own limits
+            _refuse(f"This chat is too long to export ({len(history):,} messages, {chars:,} characters; the "
+                    f"limits are {limits.max_chat_messages:,} and {limits.max_chat_chars:,}).")
+        data = export_json(history, model, system, settings, records if isinstance(records, dict) else None)
+        # a lone surrogate (which no file can hold) becomes "?"
+        text = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8", "replace").decode("utf-8")
+        folder = OUT_DIR / hashlib.sha1(text.encode()).hexdigest()[:16]  # one folder per export: a clean name
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"eagle2-chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path.write_text(text, encoding="utf-8")
+        self.generated.add(str(path))
+        return str(path)
+
