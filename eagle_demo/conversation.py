@@ -148,9 +148,10 @@ def answer_footer(model: str, stats: dict) -> str:
     return " · ".join(parts_)
 
 
-def answer_key(text: str) -> str:
-    """What an answer's record (what it was made with, its rating) is found by: its text's digest."""
-    return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()
+def answer_key(index: int, text: str) -> str:
+    """What the record of the answer at `index` of the chat (what it was made with, its rating) is
+    found by: its place and its text's digest, so two answers alike in words keep their own."""
+    return f"{index}:{hashlib.sha1(text.encode('utf-8', 'replace')).hexdigest()}"
 
 
 def export_json(history: list[dict], model: str, system: str, settings: GenerationSettings,
@@ -159,7 +160,7 @@ def export_json(history: list[dict], model: str, system: str, settings: Generati
     has them (`records`: answer_key -> {"made_with": model, system prompt, settings and stats;
     "rating": "like" or "dislike"}); the current settings besides."""
     messages = []
-    for message in history:
+    for index, message in enumerate(history):
         text, files = parts(message)
         if is_error(message):
             messages.append({"role": "assistant", "error": text})
@@ -168,7 +169,7 @@ def export_json(history: list[dict], model: str, system: str, settings: Generati
                              "images": [Path(f).name for f in files if not is_video(f)],
                              "video": next((Path(f).name for f in files if is_video(f)), None)})
         else:
-            record = (records or {}).get(answer_key(answer_text(message))) or {}
+            record = (records or {}).get(answer_key(index, answer_text(message))) or {}
             messages.append({"role": "assistant", "text": text,
                              **{k: v for k, v in record.items() if k in ("made_with", "rating") and v}})
     return {"app": "Eagle2 Demo", "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -174,10 +174,11 @@ def _refuse(message: str):
     raise gr.Error(message, print_exception=False)
 
 
-def _recorded(records: dict | None, key: str, limit: int, **fields) -> dict:
-    """Session records (answer_key -> made_with, rating), bounded: old retries drop out."""
+def _recorded(records: dict | None, key: str, limit: int, fresh: bool = False, **fields) -> dict:
+    """Session records (answer_key -> made_with, rating), bounded: old retries drop out. The record
+    at `key` gains `fields`, or is made anew with them when `fresh`."""
     records = dict(list((records if isinstance(records, dict) else {}).items())[-limit:])
-    return {**records, key: {**records.get(key, {}), **fields}}
+    return {**records, key: {**({} if fresh else records.get(key, {})), **fields}}
 
 
 class ChatHandlers:
@@ -237,19 +238,31 @@ class ChatHandlers:
                  "in this chat")
         if items is None:
             return gr.update(label=label, **changes)
-        seen, video_waiting = 0, False
-        for turn in conversation(history or []):
-            if turn.role == "user":
-                seen, video_waiting = seen + len(turn.images), bool(turn.video)
-            elif video_waiting:  # the frames that answer read
-                seen, video_waiting = seen + self._frames_read(records, turn.text), False
+        seen = self._visuals_before(history or [], records)
         numbered = [(item[0], f"<image {seen + k}>") for k, item in enumerate(items, 1)]
         return gr.update(label=label, value=numbered or None, **changes)
 
     @staticmethod
-    def _frames_read(records: dict | None, answer: str) -> int:
-        stats = (((records or {}).get(answer_key(answer)) or {}).get("made_with") or {}).get("stats") or {}
+    def _frames_read(records: dict | None, index: int, answer: str) -> int:
+        """The video frames the answer at `index` read (the default, where this session has no record)."""
+        stats = (((records or {}).get(answer_key(index, answer)) or {}).get("made_with") or {}).get("stats") or {}
         return stats.get("frames") or DEFAULTS.num_frames
+
+    def _visuals_before(self, history: list[dict], records: dict | None) -> int:
+        """Images and video frames the model sees in the chat (as `conversation` keeps it: a question
+        answered by an error drops out)."""
+        seen, asked, video_waiting = 0, 0, False
+        for index, message in enumerate(history):
+            if is_error(message):
+                if index and history[index - 1]["role"] == "user":
+                    seen, video_waiting = seen - asked, False
+            elif message["role"] == "user":
+                files = parts(message)[1]
+                asked, video_waiting = len([f for f in files if not is_video(f)]), any(map(is_video, files))
+                seen += asked
+            elif video_waiting:
+                seen, video_waiting = seen + self._frames_read(records, index, answer_text(message)), False
+        return seen
 
     def _checked_images(self, paths: list[str], history: list[dict], waiting: int) -> list[str]:
         """Of `paths` (added to `waiting` images), those that open, are within the limits and fit in
@@ -268,11 +281,14 @@ class ChatHandlers:
             kept.append(path)
         return kept
 
-    def check_added(self, images, history: list[dict], records: dict | None):
-        """Images added to the gallery: checked, numbered; a refused one leaves it at once."""
+    def check_gallery(self, images, history: list[dict], records: dict | None):
+        """The gallery after any change (an upload, a removal): each image checked, a refused one out
+        at once, the rest numbered. Unchanged when all is in order (its own update changes it again)."""
         items = list(images or [])
         kept = set(self._checked_images([item[0] for item in items], history, 0))
-        return self.gallery_update(history, records, [item for item in items if item[0] in kept])
+        update = self.gallery_update(history, records, [item for item in items if item[0] in kept])
+        in_order = [tuple(item) for item in items] == list(update.get("value") or [])
+        return gr.skip() if in_order else update
 
     def take_attached(self, box: dict | None, images, video, history: list[dict], records: dict | None):
         """Files pasted, dropped or attached in the message box move to the gallery (images, checked and
@@ -285,9 +301,9 @@ class ChatHandlers:
         added = self._checked_images([f for f in files if not is_video(f)], history, len(items))
         if len(videos) > 1 or (videos and video):
             gr.Info(f"A message holds one video: {Path(videos[-1]).name} takes the video slot.")
-        return ({"text": (box or {}).get("text") or "", "files": []},
-                self.gallery_update(history, records, items + [(p, None) for p in added]),
-                videos[-1] if videos else gr.skip())
+        # the gallery untouched when nothing joins it: a removal meanwhile must stand
+        gallery = self.gallery_update(history, records, items + [(p, None) for p in added]) if added else gr.skip()
+        return {"text": (box or {}).get("text") or "", "files": []}, gallery, videos[-1] if videos else gr.skip()
 
     def add_message(self, box: dict | None, images, video, history: list[dict], answering: bool):
         """The question into the chat, the inputs emptied. Refused (a toast; the text stays in the box)
@@ -385,7 +401,9 @@ class ChatHandlers:
             footer = " · ".join(filter(None, ["the model ended its answer without writing anything", footer]))
         made_with = {"model": model, "system_prompt": system, "settings": asdict(settings),
                      "stats": stats}
-        records = _recorded(records, answer_key(text), self.limits.max_chat_messages, made_with=made_with)
+        # a new record: a rating of an earlier answer in this place does not carry over
+        records = _recorded(records, answer_key(len(history), text), self.limits.max_chat_messages, fresh=True,
+                             made_with=made_with)
         yield history + [answer_message(text, drawn, footer)], self.status(model), False, records
 
     @error_boundary
@@ -436,8 +454,8 @@ class ChatHandlers:
         if not isinstance(like.index, int) or not 0 <= like.index < len(history or []):
             return gr.skip()
         rating = {True: "like", False: "dislike"}.get(like.liked)
-        return _recorded(records, answer_key(answer_text(history[like.index])), self.limits.max_chat_messages,
-                         rating=rating)
+        key = answer_key(like.index, answer_text(history[like.index]))
+        return _recorded(records, key, self.limits.max_chat_messages, rating=rating)
 
     def frames_seen(self, history: list[dict], records: dict | None):
         """The frames the last answer about a video read, with their times, for the expandable row."""
@@ -445,8 +463,9 @@ class ChatHandlers:
         video = next((t.video for t in reversed(turns) if t.video), None)
         if video is None:
             return None
-        answer = next((t.text for t in reversed(turns) if t.role == "assistant"), None)
-        frames = self._frames_read(records, answer) if answer is not None else DEFAULTS.num_frames
+        answers = [i for i, m in enumerate(history) if m["role"] == "assistant" and not is_error(m)]
+        frames = self._frames_read(records, answers[-1], answer_text(history[answers[-1]])) if answers \
+            else DEFAULTS.num_frames
         try:
             clip = media.sample_video(video, frames, self.limits, frame_size=(224, 224))
         except media.MediaError:

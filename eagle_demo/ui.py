@@ -40,6 +40,8 @@ CSS = """
 #chat .user-row .message.user > .message.component {width: auto; max-width: 168px;}
 #chat .user-row .message.user > .message.component img {max-height: 120px;}
 #chat .user-row .message.user > .message:not(.component) {flex-basis: 100%;}
+/* the gallery's label above its thumbnails, not over the first one */
+#gallery .grid-wrap {padding-top: 34px;}
 @media (max-width: 640px) {
   #chat {height: 60vh !important;}
 }
@@ -81,7 +83,7 @@ def controls(history: list[dict], answering: bool, exported) -> tuple:
 
 def example_cards(examples: list[tuple[str, list[str], str | None]]) -> list[dict]:
     """The examples as the empty chat's cards: a thumbnail of the first image and the question."""
-    return [{"text": text, "display_text": f"🎬 {text}" if video else text, **({"icon": images[0]} if images else {})}
+    return [{"text": text, "display_text": f"Video · {text}" if video else text, **({"icon": images[0]} if images else {})}
             for text, images, video in examples]
 
 
@@ -161,7 +163,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                     status_md = gr.Markdown(elem_id="status")
                 answering = gr.State(False)  # an answer of this session is on its way
                 records = gr.State({})  # answer_key -> what the answer was made with, its rating
-                chatbot = gr.Chatbot(elem_id="chat", label="Chat", height="55vh", min_height=300,
+                chatbot = gr.Chatbot(elem_id="chat", label="Chat", show_label=False, height="55vh", min_height=300,
                                      layout="bubble", buttons=["copy", "copy_all"],
                                      feedback_options=("Like", "Dislike"),
                                      examples=example_cards(examples),
@@ -170,13 +172,13 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                 with gr.Row(elem_id="uploads"):
                     gallery = gr.Gallery(label=app.gallery_update([], None, None)["label"],
                                          type="filepath", file_types=["image"], interactive=True, columns=4,
-                                         height=130, object_fit="contain", min_width=150, elem_id="gallery")
+                                         height=180, object_fit="contain", min_width=150, elem_id="gallery")
                     video = gr.Video(label=f"Video (up to {limits.max_upload_mb} MB)", sources=["upload"],
-                                     height=130, min_width=150)
+                                     height=180, min_width=150)
                 box = gr.MultimodalTextbox(show_label=False, placeholder="Ask about your images or video… "
                                            "(paste, drop or attach images and a video here too)",
                                            sources=["upload"], file_types=["image", "video"], file_count="multiple",
-                                           submit_btn="Send", elem_id="ask", lines=1, max_lines=6, autofocus=True)
+                                           submit_btn="Send", elem_id="ask", lines=1, max_lines=6)
                 wait_md = gr.Markdown(elem_id="wait")
                 with gr.Row(elem_id="actions"):
                     # enabled only when they can act (see `controls`): an empty chat has nothing to act on
@@ -256,11 +258,12 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
         event.then(frames_row, chat, [p.frames_row, p.frames], queue=False, show_progress="hidden", **private)
     for event in (undone, cleared, halted):  # a cancelled answer leaves its last stage in the status
         event.then(**show_status).then(**numbered)
-    checked = dict(inputs=[p.gallery, chat, records], outputs=p.gallery, show_progress="hidden", **private)
-    p.gallery.upload(app.check_added, **checked)
-    p.gallery.delete(app.check_added, queue=False, **checked)
+    # queued (its refusals toast), at once, the latest change only; it ends when the gallery is in order
+    p.gallery.change(app.check_gallery, [p.gallery, chat, records], p.gallery, concurrency_limit=None,
+                     trigger_mode="always_last", show_progress="hidden", **private)
+    # queued (its refusals toast), at once (no limit: it only reads headers), the latest change only
     p.box.change(app.take_attached, [p.box, p.gallery, p.video, chat, records], [p.box, p.gallery, p.video],
-                 queue=False, show_progress="hidden", **private)
+                 concurrency_limit=None, trigger_mode="always_last", show_progress="hidden", **private)
     p.frames_row.expand(app.frames_seen, [chat, records], p.frames, **private)
     p.model.change(**show_status)
     demo.load(**show_status)

@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -213,3 +214,116 @@ def test_a_question_s_images_sit_in_one_compact_row(page, app_server):
     assert len(boxes) == 3 and max(tops) - min(tops) < 30  # side by side, not stacked
     assert all(b["width"] <= 168 and b["height"] <= 120 for b in boxes)
     page.screenshot(path=str(ARTIFACTS / "ux-thumbnails.png"))
+
+
+# A file handed to the message box as a browser hands it over: in a paste's clipboard, or in a drop.
+HAND_OVER = """async ([b64, name, type, how]) => {
+  const file = new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, {type});
+  const data = new DataTransfer(); data.items.add(file);
+  const box = document.querySelector('#ask textarea');
+  if (how === 'paste') {
+    box.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+  } else {
+    for (const kind of ['dragenter', 'dragover', 'drop'])
+      box.dispatchEvent(new DragEvent(kind, {dataTransfer: data, bubbles: true, cancelable: true}));
+  }
+}"""
+
+
+def hand_over(page, path: Path, how: str, type: str = "image/jpeg", name: str | None = None):
+    page.evaluate(HAND_OVER, [base64.b64encode(path.read_bytes()).decode(), name or path.name, type, how])
+
+
+def captions(page) -> list[str]:
+    return page.locator("#gallery .caption-label").all_inner_texts()
+
+
+def wait_for_captions(page, expected: list[str]):
+    try:
+        page.wait_for_function("want => JSON.stringify([...document.querySelectorAll('#gallery .caption-label')]"
+                               ".map(c => c.innerText)) === want", arg=json.dumps(expected, separators=(",", ":")),
+                               timeout=10_000)
+    except Exception:
+        assert captions(page) == expected  # says what the gallery shows instead
+
+
+def test_images_pasted_dropped_or_attached_in_the_message_box_join_the_gallery_numbered(page, app_server, tmp_path):
+    limit = LIMITS.max_images_per_conversation
+    page.locator("#ask textarea").fill("Compare")
+    hand_over(page, ASSETS / "scene.jpg", "paste")
+    wait_for_captions(page, ["<image 1>"])
+    hand_over(page, ASSETS / "chart.png", "drop", "image/png")
+    wait_for_captions(page, ["<image 1>", "<image 2>"])
+    page.locator("#ask input[type=file]").set_input_files(str(ASSETS / "document.jpg"))  # the paperclip
+    wait_for_captions(page, ["<image 1>", "<image 2>", "<image 3>"])
+    page.get_by_text(f"Images · 3 of {limit} in this chat").wait_for()
+    renamed = tmp_path / "notes.jpg"
+    renamed.write_text("a text file with an image's name")
+    hand_over(page, renamed, "paste")
+    toast(page, "notes.jpg is not an image this app can open")
+    assert page.locator("#ask textarea").input_value() == "Compare"  # the text stays as typed
+    page.screenshot(path=str(ARTIFACTS / "ux-attached.png"))
+    page.locator("#gallery .delete-button").nth(1).click()  # removed before sending: the rest renumbered
+    wait_for_captions(page, ["<image 1>", "<image 2>"])
+    page.get_by_text(f"Images · 2 of {limit} in this chat").wait_for()
+    set_number(page, "Max new tokens", 4)
+    page.locator("#ask textarea").fill("Compare them.")
+    page.locator("#ask textarea").press("Enter")
+    answered(page, 1)
+    assert page.locator("#chat [data-testid=user] img").count() == 2
+    hand_over(page, ASSETS / "scene.jpg", "paste")
+    wait_for_captions(page, ["<image 3>"])  # the number the model will see, after the chat's two
+    page.get_by_text(f"Images · 3 of {limit} in this chat").wait_for()
+
+
+def test_a_video_in_the_message_box_takes_the_video_slot(page, app_server):
+    page.locator("#ask input[type=file]").set_input_files(str(ASSETS / "ball.mp4"))
+    page.locator("#uploads video").wait_for()
+    assert captions(page) == []
+
+
+def test_likes_and_dislikes_are_kept_in_the_export(page, app_server):
+    set_number(page, "Max new tokens", 4)
+    ask(page, "Hi")
+    answered(page, 1)
+    ask(page, "Again")
+    answered(page, 2)
+    page.locator("#chat").get_by_label("Like", exact=True).first.click()
+    page.locator("#chat").get_by_label("Dislike", exact=True).last.click()
+    time.sleep(1)
+    page.wait_for_function("() => !document.querySelector('#export').disabled")
+    with page.expect_download() as download:
+        page.locator("#export").click()
+    data = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert [m.get("rating") for m in data["messages"] if m["role"] == "assistant"] == ["like", "dislike"]
+
+
+def test_on_a_phone_the_settings_start_folded_and_open_on_a_tap(browser, app_server):  # noqa: F811
+    wide = open_page(browser, app_server.url, width=1440)
+    assert wide.get_by_text("Max tiles per image").is_visible()
+    wide.close()
+    phone = open_page(browser, app_server.url, width=390, height=844)
+    phone.get_by_text("Max tiles per image").wait_for(state="hidden")
+    assert phone.locator("#chat").bounding_box()["y"] < 844  # the chat in view, the settings below it
+    phone.screenshot(path=str(ARTIFACTS / "ux-phone-folded.png"))
+    phone.locator("#settings").get_by_text("Settings").first.click()
+    phone.get_by_text("Max tiles per image").wait_for()
+    phone.close()
+
+
+def test_the_frames_a_video_answer_read_show_with_their_times(page, app_server):
+    set_number(page, "Max new tokens", 4)
+    set_number(page, "Video frames", 4)
+    page.locator("#uploads input[type=file]").last.set_input_files(str(ASSETS / "ball.mp4"))
+    page.locator("#uploads video").wait_for()
+    ask(page, "What happens?")
+    answered(page, 1)
+    row = page.locator("#frames")
+    row.get_by_text("Video frames the last answer read").click()
+    page.wait_for_function("() => document.querySelectorAll('#frames .caption-label').length === 4")
+    shown = page.locator("#frames .caption-label").all_inner_texts()
+    assert [s.split(" · ")[0] for s in shown] == ["Frame 1", "Frame 2", "Frame 3", "Frame 4"]
+    times = [float(s.split(" · ")[1].removesuffix(" s")) for s in shown]
+    assert times == sorted(times) and times[0] >= 0
+    assert "4 video frames" in page.locator("#chat [data-testid=bot]").last.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "ux-frames.png"))
