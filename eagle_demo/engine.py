@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ class PromptError(ValueError):
 
 class GenerationError(RuntimeError):
     """The model failed on a request (e.g. out of GPU memory); the message is meant for the user."""
+
+
+def _step(report: Callable[[float, str], None], start: float, end: float, label: str) -> Callable[[float, str], None]:
+    """A long step's progress (part of it done, what it does now) as a part of the load's."""
+    return lambda part, detail: report(start + (end - start) * part, f"{label}: {detail}")
 
 
 class _LRU:
@@ -130,6 +136,8 @@ class Engine:
         if self.model is not None:
             return False
         report = progress or (lambda fraction, text: None)
+        step = partial(_step, report)
+
         with self._load_lock:
             if self.model is not None:
                 return False
@@ -140,15 +148,15 @@ class Engine:
                 if self.cpu_int8 and (self.device != "cpu" or self.dtype not in (None, torch.float32)):
                     raise ValueError("--cpu-int8 works on a CPU in float32 only")  # before any download
                 self.status = f"fetching {self.model_name}…"
-                report(0.05, self.status)
-                path = self._path = resolve_checkpoint(self.model_name)
-                self.status = f"loading {self.model_name} on {self.device}…"
+                path = self._path = resolve_checkpoint(self.model_name, self._fetching(report))
+                loading = f"loading {self.model_name} on {self.device}"
+                self.status = f"{loading}…"
                 report(0.3, self.status)
                 if self.device == "cpu":
                     torch.set_num_threads(physical_cores())
                 dtype = torch.float32 if self.cpu_int8 else self.dtype  # bfloat16 may be a CPU's default
                 model = load_eagle2(path, device=self.device, dtype=dtype, load_in_8bit=self.load_8bit,
-                                    attn=self.attn)
+                                    attn=self.attn, progress=step(0.3, 0.8, loading))
                 if self.cpu_int8:
                     to_dynamic_int8(model)
                 elif self.device == "cpu":
@@ -170,14 +178,18 @@ class Engine:
             report(1.0, self.status)
             return True
 
-    def weight_bytes(self) -> int:
+    def _fetching(self, report: Callable[[float, str], None]) -> Callable[[float, str], None]:
+        return _step(report, 0.05, 0.3, f"fetching {self.model_name}")
+
+    def weight_bytes(self, progress: Callable[[float, str], None] | None = None) -> int:
         """Bytes the checkpoint's weights take once loaded in this engine's dtype (read once: on
-        ZeroGPU it sizes every answer's GPU time, and resolving a hub id asks the Hub)."""
+        ZeroGPU it sizes every answer's GPU time, and resolving a hub id asks the Hub). `progress`
+        hears the download, as in `load`, where this is what fetches a hub id."""
         if self._weight_bytes is None:
             from .model import resolve_checkpoint
             from .model.loading import default_dtype, weight_bytes
 
-            path = resolve_checkpoint(self.model_name)
+            path = resolve_checkpoint(self.model_name, progress and self._fetching(progress))
             self._weight_bytes = weight_bytes(path, self.dtype or default_dtype(self.device))
         return self._weight_bytes
 

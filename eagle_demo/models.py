@@ -115,12 +115,13 @@ class ModelMenu:
             self._busy[name] += 1
         try:
             if engine.model is None:
+                path = self._paths[name]  # its texts name the model by the name clients see, never its path
+                told = progress and (lambda fraction, text: progress(fraction, _hide_path(text, path, name)))
                 try:
-                    self._make_room(name, engine)  # reads the checkpoint's size (downloading it if needed)
-                    loaded = engine.load(progress and (  # its texts name the model, by the name clients see
-                        lambda fraction, text: progress(fraction, _hide_path(text, self._paths[name], name))))
+                    self._make_room(name, engine, told)  # reads the checkpoint's size (downloading it if needed)
+                    loaded = engine.load(told)
                 except ValueError as e:  # CheckpointError and the loader's other checks
-                    raise LoadError(f"Could not load {name}: {_hide_path(str(e), self._paths[name], name)}") from e
+                    raise LoadError(f"Could not load {name}: {_hide_path(str(e), path, name)}") from e
                 finally:
                     with self._changed:
                         self._loading.discard(name)
@@ -133,7 +134,7 @@ class ModelMenu:
                 self._last_used[name] = time.monotonic()
                 self._changed.notify_all()
 
-    def _make_room(self, name: str, engine) -> None:
+    def _make_room(self, name: str, engine, progress: Callable[[float, str], None] | None) -> None:
         """Unload idle models until `name` fits, then count it as loading (it takes its room now)."""
         need = None
         with self._changed:
@@ -144,7 +145,7 @@ class ModelMenu:
                 if need is None and not self.max_loaded:
                     self._changed.release()  # reading the size may download the checkpoint
                     try:
-                        need = engine.weight_bytes() * HEADROOM
+                        need = engine.weight_bytes(progress) * HEADROOM
                     finally:
                         self._changed.acquire()
                     continue

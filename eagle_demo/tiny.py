@@ -78,12 +78,15 @@ REAL_VOCAB_SIZE = 151674
 
 
 def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob: bool = False,
-                          tokenizer_dir: str | Path | None = None, seed: int = 0, size: str = "tiny") -> Path:
+                          tokenizer_dir: str | Path | None = None, seed: int = 0, size: str = "tiny",
+                          shards: int = 1) -> Path:
     """Write a tiny random Eagle2 checkpoint to out_dir (created if needed) and return its path.
 
     mob=True gives the 9B structure (SigLIP + ConvNeXt towers, untied lm_head), which exists in
     the eagle_chat layout only. tokenizer_dir: copy that tokenizer (e.g. the real Eagle2 one)
     instead of writing a small one; the vocabulary size follows the tokenizer. size: a key of SIZES.
+    shards > 1 splits the weights as the hub does: model-0000k-of-0000n.safetensors and
+    model.safetensors.index.json (the same weights as one file of the same seed).
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}: expected one of {tuple(SIZES)}")
@@ -108,9 +111,27 @@ def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"_from_model_config": True, "transformers_version": "4.37.2"}, indent=2) + "\n")
-    save_file(_random_weights(Eagle2Config.from_dict(config), seed), out / "model.safetensors",
-              metadata={"format": "pt"})
+    _save_weights(_random_weights(Eagle2Config.from_dict(config), seed), out, shards)
     return out
+
+
+def _save_weights(weights: dict[str, torch.Tensor], out: Path, shards: int) -> None:
+    """model.safetensors, or `shards` files of consecutive keys and the index that maps each key to its file."""
+    if shards == 1:
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+        return
+    keys = list(weights)
+    if not 1 < shards <= len(keys):
+        raise ValueError(f"shards must be between 1 and the {len(keys)} tensors, not {shards}")
+    weight_map = {}
+    for k in range(shards):
+        name = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[k * len(keys) // shards:(k + 1) * len(keys) // shards]
+        save_file({key: weights[key] for key in part}, out / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+    total_size = sum(t.nbytes for t in weights.values())
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _config_dict(layout: str, mob: bool, ids: dict[str, int], size: str) -> dict:

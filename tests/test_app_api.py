@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -225,3 +226,40 @@ def test_the_status_shows_the_stages_before_the_first_word(client, tmp_path):
     assert any(s.endswith("reading the images: 6 of 7 tiles") for s in reading)
     assert reading[-1].split("reading the prompt: ")[1].endswith(" tokens")
     assert statuses[-1].startswith("**Model** tiny-eagle2 · ready")
+
+
+def test_chat_takes_several_images_a_video_and_a_history_at_once(client, app_server):
+    images = [handle_file(str(ASSETS / name)) for name in ("compare_a.jpg", "compare_b.jpg")]
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    answer = client.predict("How do these differ from the video?", images, handle_file(str(ASSETS / "ball.mp4")),
+                            history, num_frames=3, **FAST, api_name="/chat")
+    generation = app_server.recorder.generations[-1]
+    assert generation.text == answer and generation.num_frames == 3
+    assert len(generation.num_tiles) == 2 + 3  # two images and three frames, each its own visual
+    prompt = app_server.engine.tokenizer.decode(generation.prompt_token_ids)
+    assert "Hello there." in prompt and "<image 1>" in prompt and "<image 2>" in prompt
+    assert "This is a video:\nFrame 1 sampled at " in prompt and "Frame 3 sampled at " in prompt
+
+
+def test_each_answer_keeps_its_stats_and_settings_for_the_export(client):
+    """The page's way (/respond, then /export, in one session): each answer's line, and what each
+    answer was made with, as the export records it."""
+    image = handle_file(str(ASSETS / "chart.png"))
+    chat = [{"role": "user", "content": [{"type": "file", "file": image}, {"type": "text", "text": "What is it?"}]}]
+    # positional, in the page's order: chat, model, system, then the settings (see SETTING_RANGES)
+    answered, _ = client.predict(chat, None, "Be brief.", 2, 8, 0.0, 1.0, 5, 1.0, 0, "", api_name="/respond")
+    # sent back as gradio_client sends files (its replies name its own downloaded copies)
+    chat = [*chat, answered[-1], {"role": "user", "content": [{"type": "text", "text": "And?"}]}]
+    chat, _ = client.predict(chat, None, "Be terse.", 2, 8, 1.0, 1.0, 7, 1.0, 0, "3", api_name="/respond")
+    chat[0] = {"role": "user", "content": [{"type": "file", "file": image}, {"type": "text", "text": "What is it?"}]}
+    lines = [m["metadata"]["log"] for m in chat if m["role"] == "assistant"]
+    line = re.compile(r"tiny-eagle2 · \d+ tokens · [\d.]+ s to first token( · \d+ tokens/s)? · \d+ image tiles$")
+    assert all(line.search(text) for text in lines), lines
+    data = json.loads(open(client.predict(chat, api_name="/export"), encoding="utf-8").read())
+    first, second = (m["made_with"] for m in data["messages"] if m["role"] == "assistant")
+    assert (first["system_prompt"], first["settings"]["temperature"], first["settings"]["max_new_tokens"]) == \
+        ("Be brief.", 0.0, 5)
+    assert (second["system_prompt"], second["settings"]["temperature"], second["settings"]["seed"]) == \
+        ("Be terse.", 1.0, 3)
+    assert first["stats"]["tokens"] <= 5 and first["stats"]["image_tiles"] > 0 and second["stats"]["tokens"] <= 7
+    assert first["model"] == second["model"] == "tiny-eagle2"

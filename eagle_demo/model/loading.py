@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+import time
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -27,30 +30,43 @@ from .eagle2 import Eagle2Model
 HUB_FILES = ["*.json", "*.safetensors", "merges.txt"]
 MOB_TOWERS = "vision_model.vision_model.vision_towers"
 LM_HEAD = "language_model.lm_head.weight"
+# How a long step tells how far it is: progress(part of the step done, 0..1, what it is doing now).
+Progress = Callable[[float, str], None]
+# The bar snapshot_download adds every file's written bytes to, by HTTP or Xet alike
+# (huggingface_hub/_snapshot_download.py: `reconstruct_progress`, fed by `_AggregatedTqdm`).
+SNAPSHOT_BYTES_BAR = "huggingface_hub.snapshot_download"
+REPORT_EVERY = 0.25  # seconds: the download tells its bytes at most this often
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be found or does not match its config; str(e) says which and why."""
 
 
-def resolve_checkpoint(path_or_id: str | Path) -> Path:
-    """A local checkpoint folder, or a Hugging Face model id downloaded (json + safetensors only)."""
+def resolve_checkpoint(path_or_id: str | Path, progress: Progress | None = None) -> Path:
+    """A local checkpoint folder, or a Hugging Face model id downloaded (json + safetensors only).
+
+    progress, for a model id: told "asking the Hub", then "1.2 of 4.4 GB downloaded" as bytes arrive."""
     path = Path(path_or_id).expanduser()
     if not path.is_dir():
         if path.exists():
             raise CheckpointError(f"{str(path_or_id)!r} is a file; pass the checkpoint folder that holds config.json")
-        path = _download(str(path_or_id))
+        path = _download(str(path_or_id), progress)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} has no config.json, so it is not an Eagle2 checkpoint folder")
     return path
 
 
-def _download(model_id: str) -> Path:
+def _download(model_id: str, progress: Progress | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(model_id, allow_patterns=HUB_FILES))
+        tqdm_class = None
+        if progress:
+            progress(0.0, "asking the Hub")
+            total = _bytes_to_download(model_id)
+            tqdm_class = _reporting_tqdm(_DownloadReport(progress, total)) if total else None
+        return Path(snapshot_download(model_id, allow_patterns=HUB_FILES, tqdm_class=tqdm_class))
     except HFValidationError:
         reason = "it is neither a local folder nor a valid Hugging Face model id"
     except RepositoryNotFoundError:
@@ -61,6 +77,71 @@ def _download(model_id: str) -> Path:
         reason = f"it is not a local folder, and downloading it failed ({e})"
     raise CheckpointError(f"cannot open model {model_id!r}: {reason}. Pass a local checkpoint folder "
                           "(config.json + model.safetensors + tokenizer files) instead.")
+
+
+def _bytes_to_download(model_id: str) -> int:
+    """Bytes of the files snapshot_download would fetch now: the repo listing's sizes of the files not
+    yet cached (its dry run; it sums the sizes only as files start, while small ones may be done).
+    0 when the Hub cannot be asked: then nothing downloads, the cache is used or the error told."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import DryRunError
+
+    try:
+        plan = snapshot_download(model_id, allow_patterns=HUB_FILES, dry_run=True)
+    except DryRunError:
+        return 0
+    return sum(file.file_size or 0 for file in plan if file.will_download)
+
+
+class _DownloadReport:
+    """Tells the bytes written so far as progress(part, "1.2 of 4.4 GB downloaded"), at most every
+    REPORT_EVERY seconds, and once all are in. The part told never goes back (a resumed file may
+    take back the bytes of its broken try)."""
+
+    def __init__(self, progress: Progress, total: int):
+        self.progress, self.total = progress, total
+        self.done, self.part, self.told_at = 0, 0.0, -math.inf
+        self._lock = threading.Lock()  # files download in several threads
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if now - self.told_at < REPORT_EVERY and self.done < self.total:
+                return
+            self.told_at = now
+            done = min(self.done, self.total)
+            self.part = max(self.part, done / self.total)
+            self.progress(self.part, f"{_amount(done, self.total)} downloaded")
+
+
+def _amount(done: int, total: int) -> str:
+    """'1.2 of 4.4 GB' (in MB below a gigabyte)."""
+    scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
+    return f"{done / scale:.1f} of {total / scale:.1f} {unit}"
+
+
+def _reporting_tqdm(report: _DownloadReport) -> type:
+    """A tqdm class for snapshot_download whose bar of all the files' bytes also feeds `report`.
+
+    It is huggingface_hub's own tqdm, so the console bars and HF_HUB_DISABLE_PROGRESS_BARS work as
+    without it; it counts the bytes itself, as a disabled bar counts nothing. Its other bars (the
+    per-thread file count) are left alone."""
+    from huggingface_hub.utils import tqdm
+
+    class ReportingTqdm(tqdm):
+        def __init__(self, *args, **kwargs):
+            sums_bytes = kwargs.get("name") == SNAPSHOT_BYTES_BAR  # huggingface_hub's tqdm pops the name
+            super().__init__(*args, **kwargs)
+            self.sums_bytes = sums_bytes
+
+        def update(self, n=1):
+            shown = super().update(n)
+            if self.sums_bytes:
+                report.add(n)
+            return shown
+
+    return ReportingTqdm
 
 
 def detect_mob_order(keys) -> tuple[str, ...]:
@@ -178,12 +259,13 @@ def parameter_counts(path: Path) -> tuple[int, int]:
 
 
 def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None = None,
-                load_in_8bit: bool = False, attn: str = "sdpa") -> Eagle2Model:
+                load_in_8bit: bool = False, attn: str = "sdpa", progress: Progress | None = None) -> Eagle2Model:
     """Build the model from config.json and load its safetensors; returns it in eval mode.
 
     dtype defaults to bfloat16 on CUDA and float32 on CPU. load_in_8bit quantises the language
     model's linear layers (not lm_head) with bitsandbytes (CUDA only). attn: "sdpa" or
-    "flash_attention_2" (needs the flash_attn package; used by the vision tower).
+    "flash_attention_2" (needs the flash_attn package; used by the vision tower). progress: told
+    before each safetensors file is read, "shard 2 of 4" (or "one weights file").
     """
     path = resolve_checkpoint(path_or_id)
     config = Eagle2Config.from_dir(path)
@@ -209,10 +291,16 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
         tie = config.text.tie_word_embeddings and LM_HEAD not in names
         _check_keys(path, params, names, stored, prefixes, skip={LM_HEAD} if tie else set())
         load_device = "cpu" if int8 else device  # 8-bit layers quantise when moved to the GPU
+        model_keys = {key: model_key for model_key, key in names.items()}
         state = {}
-        for model_key, key in names.items():
-            tensor = stored[key].get_tensor(key)
-            state[model_key] = tensor.to(load_device, dtype if tensor.is_floating_point() else None)
+        shards = len(handles)
+        for i, handle in enumerate(handles):
+            if progress:
+                progress(i / shards, f"shard {i + 1} of {shards}" if shards > 1 else "one weights file")
+            for key in handle.keys():
+                if key in model_keys:
+                    tensor = handle.get_tensor(key)
+                    state[model_keys[key]] = tensor.to(load_device, dtype if tensor.is_floating_point() else None)
     model.load_state_dict(state, strict=False, assign=True)
 
     lm = model.language_model
