@@ -290,12 +290,14 @@ class ChatHandlers:
         in_order = [tuple(item) for item in items] == list(update.get("value") or [])
         return gr.skip() if in_order else update
 
-    def take_attached(self, box: dict | None, images, video, history: list[dict], records: dict | None):
+    def take_attached(self, box: dict | None, images, video, history: list[dict], records: dict | None,
+                      taken: list[str] | None):
         """Files pasted, dropped or attached in the message box move to the gallery (images, checked and
-        numbered) or the video slot; the box keeps its text."""
-        files = [f for f in (box or {}).get("files") or [] if isinstance(f, str)]
+        numbered) or the video slot; the box keeps its text. `taken`: what the last call moved (the
+        box reports a file twice), to be left alone."""
+        files = [f for f in (box or {}).get("files") or [] if isinstance(f, str) and f not in (taken or [])]
         if not files:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         items = list(images or [])
         videos = [f for f in files if is_video(f)]
         added = self._checked_images([f for f in files if not is_video(f)], history, len(items))
@@ -303,7 +305,8 @@ class ChatHandlers:
             gr.Info(f"A message holds one video: {Path(videos[-1]).name} takes the video slot.")
         # the gallery untouched when nothing joins it: a removal meanwhile must stand
         gallery = self.gallery_update(history, records, items + [(p, None) for p in added]) if added else gr.skip()
-        return {"text": (box or {}).get("text") or "", "files": []}, gallery, videos[-1] if videos else gr.skip()
+        return ({"text": (box or {}).get("text") or "", "files": []}, gallery, videos[-1] if videos else gr.skip(),
+                files)
 
     def add_message(self, box: dict | None, images, video, history: list[dict], answering: bool):
         """The question into the chat, the inputs emptied. Refused (a toast; the text stays in the box)

@@ -83,8 +83,8 @@ def controls(history: list[dict], answering: bool, exported) -> tuple:
 
 def example_cards(examples: list[tuple[str, list[str], str | None]]) -> list[dict]:
     """The examples as the empty chat's cards: a thumbnail of the first image and the question."""
-    return [{"text": text, "display_text": f"Video · {text}" if video else text, **({"icon": images[0]} if images else {})}
-            for text, images, video in examples]
+    return [{"text": text, "display_text": f"Video · {text}" if video else text,
+             **({"icon": images[0]} if images else {})} for text, images, video in examples]
 
 
 def settings_panel(limits: Limits) -> dict[str, gr.components.Component]:
@@ -126,6 +126,7 @@ class Page:
     wait: gr.Markdown
     answering: gr.State
     records: gr.State
+    taken: gr.State  # the files last moved out of the message box
     buttons: dict[str, gr.Button]  # stop, retry, undo, clear, export
     frames_row: gr.Accordion
     frames: gr.Gallery
@@ -163,6 +164,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                     status_md = gr.Markdown(elem_id="status")
                 answering = gr.State(False)  # an answer of this session is on its way
                 records = gr.State({})  # answer_key -> what the answer was made with, its rating
+                taken = gr.State([])
                 chatbot = gr.Chatbot(elem_id="chat", label="Chat", show_label=False, height="55vh", min_height=300,
                                      layout="bubble", buttons=["copy", "copy_all"],
                                      feedback_options=("Like", "Dislike"),
@@ -171,8 +173,9 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                                                  "then ask about them. Or try an example:")
                 with gr.Row(elem_id="uploads"):
                     gallery = gr.Gallery(label=app.gallery_update([], None, None)["label"],
-                                         type="filepath", file_types=["image"], interactive=True, columns=4,
-                                         height=180, object_fit="contain", min_width=150, elem_id="gallery")
+                                         type="filepath", file_types=["image"], interactive=True, columns=3,
+                                         fit_columns=False, height=180, object_fit="contain", min_width=150,
+                                         elem_id="gallery")
                     video = gr.Video(label=f"Video (up to {limits.max_upload_mb} MB)", sources=["upload"],
                                      height=180, min_width=150)
                 box = gr.MultimodalTextbox(show_label=False, placeholder="Ask about your images or video… "
@@ -191,8 +194,8 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
                                                    interactive=False)
                 with gr.Accordion("Video frames the last answer read", open=False, visible=False,
                                   elem_id="frames") as frames_row:
-                    frames = gr.Gallery(show_label=False, columns=8, height=140, object_fit="contain",
-                                        interactive=False)
+                    frames = gr.Gallery(show_label=False, columns=8, fit_columns=False, height=140,
+                                        object_fit="contain", interactive=False)
             with gr.Column(scale=2, min_width=280):
                 settings = settings_panel(limits)
 
@@ -204,7 +207,7 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
             api_answer, api_button = gr.Textbox(label="answer"), gr.Button()
             narrow = gr.Checkbox()  # set in the browser: a phone-sized window
 
-        page = Page(chatbot, model, status_md, gallery, video, box, wait_md, answering, records,
+        page = Page(chatbot, model, status_md, gallery, video, box, wait_md, answering, records, taken,
                     dict(stop=stop_btn, retry=retry_btn, undo=undo_btn, clear=clear_btn, export=export_btn),
                     frames_row, frames, settings, api_inputs, api_answer, api_button, narrow)
         for component in (*page.knobs, model):  # checked by name in the handlers (settings_from, checked_model)
@@ -261,9 +264,11 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
     # queued (its refusals toast), at once, the latest change only; it ends when the gallery is in order
     p.gallery.change(app.check_gallery, [p.gallery, chat, records], p.gallery, concurrency_limit=None,
                      trigger_mode="always_last", show_progress="hidden", **private)
-    # queued (its refusals toast), at once (no limit: it only reads headers), the latest change only
-    p.box.change(app.take_attached, [p.box, p.gallery, p.video, chat, records], [p.box, p.gallery, p.video],
-                 concurrency_limit=None, trigger_mode="always_last", show_progress="hidden", **private)
+    # queued (its refusals toast), one at a time: the box sends each new file twice (as it uploads,
+    # and when done), and the second finds it in `taken`; quick (it reads headers only)
+    p.box.change(app.take_attached, [p.box, p.gallery, p.video, chat, records, p.taken],
+                 [p.box, p.gallery, p.video, p.taken], concurrency_id="attach", concurrency_limit=1,
+                 trigger_mode="always_last", show_progress="hidden", **private)
     p.frames_row.expand(app.frames_seen, [chat, records], p.frames, **private)
     p.model.change(**show_status)
     demo.load(**show_status)

@@ -261,6 +261,8 @@ def test_images_pasted_dropped_or_attached_in_the_message_box_join_the_gallery_n
     renamed.write_text("a text file with an image's name")
     hand_over(page, renamed, "paste")
     toast(page, "notes.jpg is not an image this app can open")
+    time.sleep(1)  # the box reports a file twice: one toast all the same
+    assert page.locator(".toast-body").filter(has_text="notes.jpg").count() == 1
     assert page.locator("#ask textarea").input_value() == "Compare"  # the text stays as typed
     page.screenshot(path=str(ARTIFACTS / "ux-attached.png"))
     page.locator("#gallery .delete-button").nth(1).click()  # removed before sending: the rest renumbered
@@ -274,6 +276,9 @@ def test_images_pasted_dropped_or_attached_in_the_message_box_join_the_gallery_n
     hand_over(page, ASSETS / "scene.jpg", "paste")
     wait_for_captions(page, ["<image 3>"])  # the number the model will see, after the chat's two
     page.get_by_text(f"Images · 3 of {limit} in this chat").wait_for()
+    page.locator("#ask textarea").fill("And this one?")
+    page.evaluate("() => document.querySelectorAll('.toast-wrap').forEach(t => t.remove())")
+    page.screenshot(path=str(ARTIFACTS / "ux-numbered.png"))  # README's screenshot
 
 
 def test_a_video_in_the_message_box_takes_the_video_slot(page, app_server):
@@ -327,3 +332,27 @@ def test_the_frames_a_video_answer_read_show_with_their_times(page, app_server):
     assert times == sorted(times) and times[0] >= 0
     assert "4 video frames" in page.locator("#chat [data-testid=bot]").last.inner_text()
     page.screenshot(path=str(ARTIFACTS / "ux-frames.png"))
+
+
+LIVE_TEXTS = """window.__live = [];
+new MutationObserver(changes => {
+  for (const change of changes) {
+    const node = change.target.nodeType === 1 ? change.target : change.target.parentElement;
+    const live = node && node.closest('[aria-live]');
+    if (live) window.__live.push(live.innerText);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});"""
+
+
+def test_the_screen_reader_region_reads_words_not_translation_keys(browser, app_server):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.add_init_script(LIVE_TEXTS)  # every text the page's live regions held, from the first paint
+    page.goto(app_server.url)
+    page.locator("#ask textarea").wait_for()
+    set_number(page, "Max new tokens", 4)
+    ask(page, "Hi", ASSETS / "chart.png")
+    answered(page, 1)
+    page.wait_for_function("() => !document.querySelector('#export').disabled")
+    read = page.evaluate("() => window.__live")
+    assert read and not [text for text in read if "common." in text or "errors." in text]
+    page.close()
