@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="vision attention kernel; flash_attention_2 needs the flash-attn package [EAGLE_ATTN]")
     p.add_argument("--share", action="store_true", default=_env_flag("EAGLE_SHARE"),
                    help="also serve through a public *.gradio.live link [EAGLE_SHARE]")
+    p.add_argument("--mcp", action="store_true", default=_env_flag("EAGLE_MCP") or _env_flag("GRADIO_MCP_SERVER"),
+                   help="also serve the chat endpoint as an MCP tool at /gradio_api/mcp/ (needs the mcp package) "
+                        "[EAGLE_MCP, GRADIO_MCP_SERVER]")
     p.add_argument("--host", default=env("EAGLE_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1",
                    help="address to bind; 0.0.0.0 serves your network [EAGLE_HOST, GRADIO_SERVER_NAME]")
     p.add_argument("--port", type=int, default=int(env("EAGLE_PORT") or env("GRADIO_SERVER_PORT") or 7860),
@@ -111,8 +114,8 @@ def build(args: argparse.Namespace):
     # No server-side rendering, no run history: through the SSR server, gradio 6.27-6.31's run-history
     # endpoints let a forged Host header use the host's Hugging Face token (CVE-2026-134825).
     launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=ui.theme(), css=ui.CSS,
-                  max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"], ssr_mode=False,
-                  run_history=False,
+                  i18n=ui.ANNOUNCED, max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"],
+                  ssr_mode=False, run_history=False, mcp_server=args.mcp,  # always a bool: the flag alone decides
                   app_kwargs={"middleware": [Middleware(
                       RequestGuard, concurrency_id=ui.ANSWERS, max_files=limits.max_images_per_conversation,
                       max_file_bytes=limits.max_upload_mb * 2**20)]})

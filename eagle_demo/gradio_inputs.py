@@ -56,9 +56,14 @@ def unreadable(block_fn, inputs: list) -> str:
                 "Send them all, or call it with gradio_client, which fills in the defaults.")
     files = [n for n, c in sent if isinstance(c, (gr.File, gr.Gallery, gr.Video))]
     chats = [n for n, c in sent if isinstance(c, gr.Chatbot)]
-    checks = [*([f"{' and '.join(files)}: each must be one of the {FILE_HINT}"] if files else []),
-              *([f"{' and '.join(chats)}: it must be {CHATBOT_HINT}"] if chats else [])]
+    checks = [*([f"{_listed(files)}: each must be one of the {FILE_HINT}"] if files else []),
+              *([f"{_listed(chats)}: it must be {CHATBOT_HINT}"] if chats else [])]
     return "Could not read the request. Check " + "; ".join(checks or [", ".join(names)]) + "."
+
+
+def _listed(names: list[str]) -> str:
+    """Names as a sentence lists them: a; a and b; a, b and c."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 class CheckedBlocks(gr.Blocks):
@@ -71,3 +76,40 @@ class CheckedBlocks(gr.Blocks):
             raise
         except Exception:  # gradio's and pydantic's texts name its internals, never the client's field
             raise InputError(unreadable(block_fn, inputs)) from None
+
+
+# /chat's history as a JSON Schema. gr.JSON describes itself as {"type": {}}, which is none: gradio's
+# MCP server passes it on as the tool's inputSchema, and the MCP SDK, which validates each call's
+# arguments against that schema, then refuses every call.
+HISTORY_SCHEMA = {"type": "array", "items": {
+    "type": "object", "required": ["role", "content"],
+    "properties": {"role": {"type": "string", "enum": ["user", "assistant"]}, "content": {"type": "string"}}}}
+
+
+def described_as(component: gr.components.Component, schema: dict) -> None:
+    """API clients see this input as `schema` (the API page, gradio_client's view_api, an MCP tool's
+    inputSchema) in place of gradio's own description of it; what it accepts is unchanged."""
+    component.api_info = lambda: schema
+
+
+def self_contained(schema: dict) -> dict:
+    """`schema` with each `#/$defs/...` reference replaced by its definition. gradio puts a file
+    list's `$defs` inside the list's own schema; in an MCP tool's inputSchema, where that schema is one
+    property, the references resolve against the root, which has none."""
+    defs = schema.get("$defs", {})
+
+    def inline(node, seen: tuple = ()):
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in seen:
+                raise ValueError(f"{name} refers to itself: a schema that cannot be written out")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return inline({**defs[name], **rest}, (*seen, name))
+        return {k: inline(v, seen) for k, v in node.items() if k != "$defs"}
+
+    return inline(schema)

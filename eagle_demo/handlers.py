@@ -410,20 +410,39 @@ class ChatHandlers:
         yield history + [answer_message(text, drawn, footer)], self.status(model), False, records
 
     @error_boundary
-    def chat_api(self, message: str, images: list[str] | None = None, video: str | None = None,
-                 history: list[dict] | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
-                 max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
-                 top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
-                 repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed: int | None = None,
-                 model: str | None = None) -> Iterator[str]:
-        """Answer `message` about `images` / `video` after `history` ([{"role", "content"}] text
-        messages); streams the answer so far."""
+    def chat(self, message: str, images: list[str] | None = None, video: str | None = None,
+             history: list[dict] | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
+             max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
+             top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
+             repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed: int | None = None,
+             model: str | None = None, image: str | None = None) -> Iterator[str]:
+        """Answer a question about images or a video with an Eagle2 vision-language model.
+
+        Args:
+            message: the question or instruction
+            images: image files to ask about (MCP: send one image as `image` instead)
+            video: a video file to ask about
+            history: earlier turns, a list of {"role": "user" | "assistant", "content": text} messages
+            system: the system prompt
+            max_tiles: most 448-pixel tiles an image is cut into; more read finer detail, but take longer
+            num_frames: frames sampled evenly over the video
+            temperature: sampling temperature; 0 always picks the likeliest token
+            top_p: nucleus sampling's probability mass
+            max_new_tokens: longest answer, in tokens
+            repetition_penalty: above 1 discourages repeating earlier tokens
+            top_k: sample from the k likeliest tokens; 0 turns it off
+            seed: a whole number makes sampling repeatable
+            model: the model to answer with, a name from the app's menu
+            image: one more image file, after `images`
+        Returns:
+            the answer
+        """
         history = [] if history is None else history
         if not isinstance(history, list) or not all(
                 isinstance(h, dict) and h.get("role") in ("user", "assistant") for h in history):
             raise InputError(f"history must be {HISTORY_HINT}.")
         turns = [Message(h["role"], parts(h)[0]) for h in history]
-        turns.append(Message("user", message or "", list(images or []), video))
+        turns.append(Message("user", message or "", [*(images or []), *([image] if image else [])], video))
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
         text = ""

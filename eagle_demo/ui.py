@@ -16,7 +16,7 @@ import gradio as gr
 
 from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, Limits
 from .conversation import conversation, stopped
-from .gradio_inputs import CheckedBlocks, taken_as_sent, text_only
+from .gradio_inputs import HISTORY_SCHEMA, CheckedBlocks, described_as, self_contained, taken_as_sent, text_only
 from .handlers import DEFAULTS, ChatHandlers
 from .models import ModelMenu
 
@@ -46,6 +46,11 @@ CSS = """
   #chat {height: 60vh !important;}
 }
 """
+
+
+# Words for the keys gradio's screen-reader announcer reads and its English table lacks (it would
+# read the key itself, "common.complete")
+ANNOUNCED = gr.I18n(en={"common.complete": "Done"})
 
 
 def theme() -> gr.themes.Base:
@@ -203,7 +208,12 @@ def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = N
         with gr.Column(visible=False):
             api_inputs = [gr.Textbox(label="message"), gr.File(file_count="multiple", file_types=["image"],
                                                                 label="images"),
-                          gr.File(file_types=["video"], label="video"), gr.JSON(label="history")]
+                          gr.File(file_types=["video"], label="video"), gr.JSON(label="history"),
+                          gr.File(file_types=["image"], label="image")]  # one image: MCP cannot send a list
+            # JSON Schemas an MCP client can check calls against (gradio's own for these cannot be)
+            described_as(api_inputs[1], self_contained(api_inputs[1].api_info()))
+            described_as(api_inputs[3], HISTORY_SCHEMA)
+            described_as(chatbot, self_contained(chatbot.api_info()))  # /export's history
             api_answer, api_button = gr.Textbox(label="answer"), gr.Button()
             narrow = gr.Checkbox()  # set in the browser: a phone-sized window
 
@@ -223,8 +233,9 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
     model_queue, private = dict(concurrency_id=ANSWERS, concurrency_limit=concurrency), dict(api_visibility="private")
     chat, answering, records, buttons = p.chatbot, p.answering, p.records, p.buttons
     settings = [p.model, p.settings["system"], *p.knobs]  # as respond and export take them, after the chat
-    p.api_button.click(app.chat_api, [*p.api_inputs, p.settings["system"], *p.knobs, p.model], p.api_answer,
-                       api_name="chat", **model_queue)  # first: the API page lists it first
+    message, images, video, history, image = p.api_inputs
+    p.api_button.click(app.chat, [message, images, video, history, p.settings["system"], *p.knobs, p.model, image],
+                       p.api_answer, api_name="chat", **model_queue)  # first: the API page lists it first
 
     def chain_respond(event):  # only after a question was taken: a refused one raised its toast
         return event.success(app.respond, [chat, *settings, records], [chat, p.status, answering, records],

@@ -72,14 +72,16 @@ class Recorder:
 
 
 @contextmanager
-def launched_app(checkpoint: Path):
+def launched_app(checkpoint: Path, mcp: bool = False):
     """`app.py`'s own app on a free loopback port, launched in this process so tests can look at
-    its engine: url, engine (already loaded), recorder, the Blocks and the model's name."""
+    its engine: url, engine (already loaded), recorder, the Blocks and the model's name. `mcp`:
+    with `--mcp` (gradio's MCP server at /gradio_api/mcp/)."""
     sys.path.insert(0, str(ROOT))
     import app
 
     port = free_port()
-    demo, menu, launch = app.build(app.parse_args(["--model", str(checkpoint), "--port", str(port)]))
+    flags = ["--model", str(checkpoint), "--port", str(port), *(["--mcp"] if mcp else [])]
+    demo, menu, launch = app.build(app.parse_args(flags))
     engine = menu.engine(menu.names[0])
     engine.load()
     recorder = Recorder(engine)
@@ -113,8 +115,16 @@ def stream(job, timeout: float = 60.0) -> list:
 
 
 def rss() -> int:
+    """This process's resident memory, once glibc has handed back the free heap pages it keeps
+    (otherwise the high-water mark of earlier tests' requests counts as growth)."""
+    import ctypes
+    import ctypes.util
+
     import psutil
 
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):
+        ctypes.CDLL(libc).malloc_trim(0)
     return psutil.Process().memory_info().rss
 
 

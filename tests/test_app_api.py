@@ -166,7 +166,7 @@ def test_api_is_documented_as_chat(client):
     api = client.view_api(print_info=False, return_format="dict")
     params = [p["parameter_name"] for p in api["named_endpoints"]["/chat"]["parameters"]]
     assert params == ["message", "images", "video", "history", "system", "max_tiles", "num_frames", "temperature",
-                      "top_p", "max_new_tokens", "repetition_penalty", "top_k", "seed", "model"]
+                      "top_p", "max_new_tokens", "repetition_penalty", "top_k", "seed", "model", "image"]
 
 
 def test_python_app_py_serves_within_seconds_and_explains_offline_hub_models(tiny_checkpoint, tmp_path):

@@ -1,7 +1,10 @@
 """The chat as people use it, in Chromium (issue 10's points, each checked where it went wrong):
 the Seed box, a question sent while an answer streams, an empty send, Stop before the answer
-began, an empty answer, buttons enabled only when they can act, and /chat first on the API page.
-Screenshots go to test-artifacts/."""
+began, an empty answer, buttons enabled only when they can act, /chat first on the API page,
+files checked as they are added, example cards, per-answer records in the export, images pasted,
+dropped or attached in the message box and numbered in the gallery, likes, the settings folded on
+a phone, a video answer's frames, and the screen-reader region's words. Screenshots go to
+test-artifacts/."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pytest
 from eagle_demo.config import LIMITS
 from eagle_demo.handlers import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
+from tests.media_factory import make_image
 from tests.test_browser import CHROMIUM, answered, ask, browser, open_page, set_number, small_app  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
@@ -119,13 +123,15 @@ def test_an_empty_answer_gets_a_note_not_a_blank_bubble(page, app_server):
     page.locator("#chat [data-testid=bot]").last.get_by_text("without writing anything").wait_for(timeout=60_000)
 
 
-def test_stop_before_the_answer_began_leaves_a_calm_note_and_the_next_question_stands_alone(browser, small_app):  # noqa: F811
+def test_stop_before_the_answer_began_leaves_a_calm_note_and_the_next_question_stands_alone(browser, small_app,  # noqa: F811
+                                                                                             tmp_path):
     page = open_page(browser, small_app.url, width=1440)
-    page.locator("#uploads input[type=file]").first.set_input_files([str(ASSETS / "scene.jpg"),
-                                                                      str(ASSETS / "chart.png")])
+    # images no earlier test sent (none of their tiles cached): reading them takes a while
+    fresh = [make_image(tmp_path / f"fresh{i}.png", (1500 + i + time.time_ns() % 89, 1100)) for i in range(2)]
+    page.locator("#uploads input[type=file]").first.set_input_files([str(p) for p in fresh])
     page.locator("#uploads img").first.wait_for()
     ask(page, "Compare them.")
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('reading the')")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('reading the images')")
     page.locator("#stop").click()
     note = page.locator("#chat").get_by_text("Stopped before the answer began.")
     note.wait_for()
@@ -353,6 +359,7 @@ def test_the_screen_reader_region_reads_words_not_translation_keys(browser, app_
     ask(page, "Hi", ASSETS / "chart.png")
     answered(page, 1)
     page.wait_for_function("() => !document.querySelector('#export').disabled")
+    time.sleep(6)  # gradio's announcer holds each message until 5 s after the one before
     read = page.evaluate("() => window.__live")
     assert read and not [text for text in read if "common." in text or "errors." in text]
     page.close()

@@ -20,12 +20,13 @@ CHATBOT = json.dumps([{"role": "user", "content": [{"type": "text", "text": "Hi"
 ENDPOINTS = {
     "chat": dict(message='"Hi"', images="null", video="null", history="[]", system='"sys"', max_tiles="1",
                  num_frames="4", temperature="0", top_p="1.0", max_new_tokens="4", repetition_penalty="1.0",
-                 top_k="0", seed="0", model="null"),
+                 top_k="0", seed="0", model="null", image="null"),
     "export": dict(history=CHATBOT, model="null", system='"sys"', max_tiles="1", num_frames="4", temperature="0",
                    top_p="1.0", max_new_tokens="4", repetition_penalty="1.0", top_k="0", seed="0"),
 }
 ENDPOINTS["respond"] = ENDPOINTS["export"]  # the page's Send: the chat so far, then the same settings
-FILES = r"Could not read the request\. Check images and video: each must be one of the files uploaded to this app"
+FILES = (r"Could not read the request\. Check images, video and image: each must be one of the files uploaded "
+         r"to this app")
 SURROGATE = "contains characters that are not valid text; remove them and send it again."
 
 
@@ -38,7 +39,7 @@ def expected(endpoint: str, name: str) -> str:
         "message": rf"^(The message must be text\.|Type a question or add an image or video\.|The message {SURROGATE})",
         "system": rf"^(The system prompt must be text\.|The system prompt {SURROGATE})",
         "model": r"^Unknown model; this app serves tiny-eagle2\.$",
-        "images": FILES, "video": FILES,
+        "images": FILES, "video": FILES, "image": FILES,
         "history": chat_history if endpoint == "chat" else r"^Could not read the request\. Check history: it must be",
     }[name]
 

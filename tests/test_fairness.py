@@ -130,7 +130,7 @@ def test_a_full_queue_refuses_politely_and_resets_end_queued_jobs(app_server):
     recorder = app_server.recorder
     info = httpx.get(app_server.url + "config").json()
     fn_index = next(d["id"] for d in info["dependencies"] if d.get("api_name") == "chat")
-    data = [STORY, None, None, [], "sys", 1, 4, 0, 1.0, 4096, 1.0, 0, 0, None]
+    data = [STORY, None, None, [], "sys", 1, 4, 0, 1.0, 4096, 1.0, 0, 0, None, None]
     seen = len(recorder.generations)
     joined, statuses = [], []
     for i in range(QUEUED_PER_ANSWER_SLOT + 3):
@@ -169,7 +169,7 @@ def test_the_page_is_told_in_words_it_can_toast(app_server):
     """The page's client toasts a join refused with a text (gradio_client gets a ValidationError)."""
     info = httpx.get(app_server.url + "config").json()
     fn_index = next(d["id"] for d in info["dependencies"] if d.get("api_name") == "chat")
-    data = [STORY, None, None, [], "sys", 1, 4, 0, 1.0, 4096, 1.0, 0, 0, None]
+    data = [STORY, None, None, [], "sys", 1, 4, 0, 1.0, 4096, 1.0, 0, 0, None, None]
     join = {"data": data, "fn_index": fn_index, "session_hash": "a-page"}
     first = httpx.post(app_server.url + "gradio_api/queue/join", json=join, timeout=10)
     second = httpx.post(app_server.url + "gradio_api/queue/join", json=join, timeout=10)

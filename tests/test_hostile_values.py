@@ -68,9 +68,9 @@ def test_settings_past_gradio_checks_are_refused_by_name(client, setting, value,
 ])
 def test_nan_infinity_and_lone_surrogates_sent_raw(app_server, client, position, value, message):
     # message, images, video, history, system, max_tiles, num_frames, temperature, top_p,
-    # max_new_tokens, repetition_penalty, top_k, seed, model
+    # max_new_tokens, repetition_penalty, top_k, seed, model, image
     data = ['"Hi"', "null", "null", "[]", '"You are a helpful assistant."', "1", "4", "1.0", "1.0", "4", "1.0",
-            "0", "0", "null"]
+            "0", "0", "null", "null"]
     data[position] = value
     error = call_raw(app_server.url, data)
     assert error is not None and message in error and not INTERNAL.search(error), error
@@ -79,7 +79,8 @@ def test_nan_infinity_and_lone_surrogates_sent_raw(app_server, client, position,
 
 def test_a_lone_surrogate_in_the_history_is_refused(app_server):
     history = '[{"role": "user", "content": "a \\ud800"}, {"role": "assistant", "content": "b"}]'
-    data = ['"Hi"', "null", "null", history, '"sys"', "1", "4", "1.0", "1.0", "4", "1.0", "0", "0", "null"]
+    data = ['"Hi"', "null", "null", history, '"sys"', "1", "4", "1.0", "1.0", "4", "1.0", "0", "0", "null",
+            "null"]
     error = call_raw(app_server.url, data)
     assert error is not None and "The message contains characters that are not valid text" in error
 
