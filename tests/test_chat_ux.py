@@ -19,7 +19,7 @@ from eagle_demo.config import LIMITS
 from eagle_demo.handlers import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
 from tests.media_factory import make_image
-from tests.test_browser import CHROMIUM, answered, ask, browser, open_page, set_number, small_app  # noqa: F401
+from tests.test_browser import CHROMIUM, RECORD_STATUS, answered, ask, browser, open_page, set_number, small_app  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
 BUTTONS = ("stop", "retry", "undo", "clear", "export")
@@ -362,4 +362,40 @@ def test_the_screen_reader_region_reads_words_not_translation_keys(browser, app_
     time.sleep(6)  # gradio's announcer holds each message until 5 s after the one before
     read = page.evaluate("() => window.__live")
     assert read and not [text for text in read if "common." in text or "errors." in text]
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def menu_app(tmp_path_factory, tiny_checkpoint):
+    """A menu of two: the tiny model (loaded) and a `small` one in four shards, not loaded yet."""
+    from eagle_demo.tiny import write_tiny_checkpoint
+    from tests.conftest import launched_app
+
+    folder = tmp_path_factory.mktemp("menu")
+    sharded = write_tiny_checkpoint(folder / "small-a", size="small", shards=4)
+    with launched_app(f"{tiny_checkpoint},{sharded}") as app:
+        yield app
+
+
+def test_loading_shows_its_stages_and_covers_nothing(browser, menu_app):  # noqa: F811
+    page = open_page(browser, menu_app.url, width=1440)
+    page.evaluate(RECORD_STATUS)
+    set_number(page, "Max new tokens", 4)
+    page.get_by_label("Model").click()
+    page.get_by_role("option", name="small-a").click()
+    ask(page, "Hi")
+    page.wait_for_function("() => window.stages.some(s => s.includes('shard'))")
+    overlays = page.evaluate("() => [...document.querySelectorAll('#chat [data-testid=status-tracker]')]"
+                             ".filter(t => !t.classList.contains('hide')).length")
+    answered(page, 1)
+    stages = page.evaluate("() => window.stages")
+    loading = [s for s in stages if "small-a on cpu" in s and "%" in s]
+    assert [s.split(": ", 2)[-1].split(" (")[0] for s in loading if "shard" in s] == [
+        f"shard {k} of 4" for k in range(1, 5)]
+    percents = [int(s.rsplit("(", 1)[1].rstrip("%)")) for s in stages if s.endswith("%)")]
+    assert percents == sorted(percents) and any("preparing the decoder" in s for s in stages)
+    said = [s.split("\n\n")[-1] for s in stages]  # without gradio's own "queue: 1/1 | 0.1s" line before it
+    assert not [s for s in said if "/" in s.replace("tokens/s", "")]  # no folder, ever: the model's name
+    assert overlays == 0  # the one indicator is the status line: nothing over the chat
+    page.screenshot(path=str(ARTIFACTS / "ux-loaded-menu.png"))
     page.close()
