@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from functools import wraps
 from pathlib import Path
@@ -385,13 +385,14 @@ class ChatHandlers:
         turns, model, settings = conversation(history), self.checked_model(model), settings_from(
             max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed)
         text, stats = "", None
-        try:
-            for update in self._stream(turns, model, system, settings):
-                if update.status:
-                    yield history, self.status(model, update.status), gr.skip(), gr.skip()
-                    continue
-                text, stats = update.text, update.stats or stats
-                yield history + [answer_message(text)], gr.skip(), gr.skip(), gr.skip()
+        try:  # closing: Stop closes this generator, and that must reach the decode at once
+            with closing(self._stream(turns, model, system, settings)) as updates:
+                for update in updates:
+                    if update.status:
+                        yield history, self.status(model, update.status), gr.skip(), gr.skip()
+                        continue
+                    text, stats = update.text, update.stats or stats
+                    yield history + [answer_message(text)], gr.skip(), gr.skip(), gr.skip()
         except gr.Error as e:
             kept = [answer_message(text)] if text else []
             yield history + kept + [error_message(e.message)], self.status(model), False, gr.skip()
@@ -446,10 +447,11 @@ class ChatHandlers:
         settings = settings_from(max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty,
                                  top_k, seed)
         text = ""
-        for update in self._stream(turns, self.checked_model(model), system, settings):
-            if not update.status and update.text != text:
-                text = update.text
-                yield text
+        with closing(self._stream(turns, self.checked_model(model), system, settings)) as updates:
+            for update in updates:  # a client's cancel closes this generator, and so the decode
+                if not update.status and update.text != text:
+                    text = update.text
+                    yield text
         if not text:
             yield text
 

@@ -249,9 +249,11 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
     retried = chain_respond(buttons["retry"].click(app.retry, [chat, answering], [chat, answering, buttons["export"]],
                                                    **private))
     generating = [answered, retried, example_answered]
-    # gradio closes the running handler: its generator's exit stops the decode
+    # gradio closes the running handler: its generator's exit stops the decode. The example's answer
+    # apart: in one list with the others, no cancel took effect (gradio 6.31, tested)
     halted = buttons["stop"].click(lambda history: (stopped(history), False), chat, [chat, answering],
-                                   cancels=generating, queue=False, **private)
+                                   cancels=[answered, retried], queue=False, **private)
+    buttons["stop"].click(None, cancels=[example_answered], queue=False, **private)
     undone = buttons["undo"].click(app.undo, chat, [chat, p.box, p.gallery, p.video, answering], cancels=generating,
                                    queue=False, **private)
     cleared = buttons["clear"].click(lambda: ([], None, False, {}), None, [chat, buttons["export"], answering, records],

@@ -399,3 +399,17 @@ def test_loading_shows_its_stages_and_covers_nothing(browser, menu_app):  # noqa
     assert overlays == 0  # the one indicator is the status line: nothing over the chat
     page.screenshot(path=str(ARTIFACTS / "ux-loaded-menu.png"))
     page.close()
+
+
+def test_stop_ends_an_answer_begun_from_an_example_card(small_page, small_app):  # noqa: F811
+    seen = len(small_app.recorder.generations)
+    small_page.locator("#chat").get_by_text("What happens in this video?").first.click()
+    small_page.wait_for_function("() => document.querySelectorAll('#chat [data-testid=bot]').length > 0")
+    generation = small_app.recorder.generations[seen]
+    small_page.wait_for_function("() => !document.querySelector('#stop').disabled")
+    small_page.locator("#stop").click()
+    assert generation.cancel.wait(timeout=10), "Stop did not cancel the decode"
+    deadline = time.monotonic() + 10
+    while generation.finish_reason is None and time.monotonic() < deadline:  # the step it is on ends first
+        time.sleep(0.05)
+    assert generation.finish_reason == "cancelled" and len(generation.token_ids) < 4096
