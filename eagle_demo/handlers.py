@@ -42,6 +42,7 @@ from .conversation import (
     is_error,
     is_video,
     parts,
+    stopped,
     user_message,
     without_answers,
 )
@@ -193,6 +194,9 @@ class ChatHandlers:
         self.examples = list(examples)  # (question, image paths, video path) of the example cards
         self.models = menu.names
         self.generated: set[str] = set()  # drawings, exports, frames: deleted with the uploads
+        # session -> the Stop of the page's answer now streaming there (gradio's own cancel alone was
+        # not always heard, 6.31); an entry lives as long as its answer
+        self._stops: dict[str, threading.Event] = {}
         if gpu is not None:  # ZeroGPU asks up front for the seconds of GPU an answer may take
             self.answer_updates = gpu(duration=lambda turns, model, system, settings: menu.gpu_seconds(
                 model, settings.max_new_tokens, sum(len(t.files) for t in turns)))(self.answer_updates)
@@ -377,7 +381,8 @@ class ChatHandlers:
 
     @error_boundary
     def respond(self, history: list[dict], model: str, system: str, max_tiles, num_frames, temperature, top_p,
-                max_new_tokens, repetition_penalty, top_k, seed, records: dict | None = None) -> Iterator[tuple]:
+                max_new_tokens, repetition_penalty, top_k, seed, records: dict | None = None,
+                request: gr.Request = None) -> Iterator[tuple]:
         """Streams (chat, status, answering, records) for the chat's last question."""
         if not history or history[-1]["role"] != "user" or is_error(history[-1]):
             yield gr.skip(), gr.skip(), False, gr.skip()  # nothing asked
@@ -385,9 +390,15 @@ class ChatHandlers:
         turns, model, settings = conversation(history), self.checked_model(model), settings_from(
             max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed)
         text, stats = "", None
+        session = getattr(request, "session_hash", None) or uuid.uuid4().hex
+        stop = self._stops[session] = threading.Event()
         try:  # closing: Stop closes this generator, and that must reach the decode at once
             with closing(self._stream(turns, model, system, settings)) as updates:
                 for update in updates:
+                    if stop.is_set():  # the same chat as Stop's own reply, whichever comes last
+                        kept = [answer_message(text)] if text else []
+                        yield stopped(history + kept), self.status(model), False, gr.skip()
+                        return
                     if update.status:
                         yield history, self.status(model, update.status), gr.skip(), gr.skip()
                         continue
@@ -397,6 +408,9 @@ class ChatHandlers:
             kept = [answer_message(text)] if text else []
             yield history + kept + [error_message(e.message)], self.status(model), False, gr.skip()
             return
+        finally:
+            if self._stops.get(session) is stop:
+                del self._stops[session]
         drawn = annotate(text, turns)
         if drawn:
             self.generated.add(drawn)
@@ -454,6 +468,13 @@ class ChatHandlers:
                     yield text
         if not text:
             yield text
+
+    def stop(self, history: list[dict], request: gr.Request = None):
+        """Stop: the answer streaming in this session ends after its current token, marked stopped."""
+        stop = self._stops.get(getattr(request, "session_hash", None))
+        if stop is not None:
+            stop.set()
+        return stopped(history), False
 
     def retry(self, history: list[dict], answering: bool):
         if answering:

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, Limits
-from .conversation import conversation, stopped
+from .conversation import conversation
 from .gradio_inputs import HISTORY_SCHEMA, CheckedBlocks, described_as, self_contained, taken_as_sent, text_only
 from .handlers import DEFAULTS, ChatHandlers
 from .models import ModelMenu
@@ -249,11 +249,9 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
     retried = chain_respond(buttons["retry"].click(app.retry, [chat, answering], [chat, answering, buttons["export"]],
                                                    **private))
     generating = [answered, retried, example_answered]
-    # gradio closes the running handler: its generator's exit stops the decode. The example's answer
-    # apart: in one list with the others, no cancel took effect (gradio 6.31, tested)
-    halted = buttons["stop"].click(lambda history: (stopped(history), False), chat, [chat, answering],
-                                   cancels=[answered, retried], queue=False, **private)
-    buttons["stop"].click(None, cancels=[example_answered], queue=False, **private)
+    # gradio closes the running handler (its generator's exit stops the decode), and app.stop tells it
+    # too: gradio's cancel was not always heard (6.31), least of all with the example's answer listed
+    halted = buttons["stop"].click(app.stop, chat, [chat, answering], cancels=generating, queue=False, **private)
     undone = buttons["undo"].click(app.undo, chat, [chat, p.box, p.gallery, p.video, answering], cancels=generating,
                                    queue=False, **private)
     cleared = buttons["clear"].click(lambda: ([], None, False, {}), None, [chat, buttons["export"], answering, records],
