@@ -53,6 +53,13 @@ def parts(message: dict) -> tuple[str, list[str]]:
     return "\n".join(t for t in texts if t), files
 
 
+def question(message: dict) -> Message:
+    """A Chatbot question as the model sees it: its text, images and video (the last, if several)."""
+    text, files = parts(message)
+    videos = [f for f in files if is_video(f)]
+    return Message("user", text, [f for f in files if not is_video(f)], videos[-1] if videos else None)
+
+
 def answer_text(message: dict) -> str:
     """An answer's own text: its first text part (a footer may follow it)."""
     content = message.get("content")
@@ -116,10 +123,8 @@ def conversation(history: list[dict]) -> list[Message]:
             if out and out[-1].role == "user":
                 out.pop()
             continue
-        text, files = parts(message)
         if message["role"] == "user":
-            videos = [f for f in files if is_video(f)]
-            out.append(Message("user", text, [f for f in files if not is_video(f)], videos[-1] if videos else None))
+            out.append(question(message))
         elif message["role"] == "assistant":  # files in answers are our own drawings, the footer is ours
             out.append(Message("assistant", answer_text(message)))
     return out
@@ -161,13 +166,13 @@ def export_json(history: list[dict], model: str, system: str, settings: Generati
     "rating": "like" or "dislike"}); the current settings besides."""
     messages = []
     for index, message in enumerate(history):
-        text, files = parts(message)
+        text = parts(message)[0]
         if is_error(message):
             messages.append({"role": "assistant", "error": text})
         elif message["role"] == "user":
-            messages.append({"role": "user", "text": text,
-                             "images": [Path(f).name for f in files if not is_video(f)],
-                             "video": next((Path(f).name for f in files if is_video(f)), None)})
+            asked = question(message)
+            messages.append({"role": "user", "text": text, "images": [Path(f).name for f in asked.images],
+                             "video": asked.video and Path(asked.video).name})
         else:
             record = (records or {}).get(answer_key(index, answer_text(message))) or {}
             messages.append({"role": "assistant", "text": text,

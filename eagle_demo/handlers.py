@@ -42,6 +42,7 @@ from .conversation import (
     is_error,
     is_video,
     parts,
+    question,
     stopped,
     user_message,
     without_answers,
@@ -255,15 +256,14 @@ class ChatHandlers:
     def _visuals_before(self, history: list[dict], records: dict | None) -> int:
         """Images and video frames the model sees in the chat (as `conversation` keeps it: a question
         answered by an error drops out)."""
-        seen, asked, video_waiting = 0, 0, False
+        seen, video_waiting = 0, False
         for index, message in enumerate(history):
             if is_error(message):
                 if index and history[index - 1]["role"] == "user":
-                    seen, video_waiting = seen - asked, False
+                    seen, video_waiting = seen - len(question(history[index - 1]).images), False
             elif message["role"] == "user":
-                files = parts(message)[1]
-                asked, video_waiting = len([f for f in files if not is_video(f)]), any(map(is_video, files))
-                seen += asked
+                asked = question(message)
+                seen, video_waiting = seen + len(asked.images), bool(asked.video)
             elif video_waiting:
                 seen, video_waiting = seen + self._frames_read(records, index, answer_text(message)), False
         return seen
@@ -489,10 +489,9 @@ class ChatHandlers:
         history = without_answers(history)
         if not history:
             return history, gr.skip(), gr.skip(), gr.skip(), False
-        text, files = parts(history[-1])
-        images = [(f, None) for f in files if not is_video(f)]
-        video = next((f for f in files if is_video(f)), None)
-        return history[:-1], {"text": text, "files": []}, images or None, video, False
+        asked = question(history[-1])
+        return (history[:-1], {"text": asked.text, "files": []}, [(f, None) for f in asked.images] or None,
+                asked.video, False)
 
     def rate(self, like: gr.LikeData, history: list[dict], records: dict | None) -> dict:
         """A like or dislike on an answer, kept for the export (a second click takes it back)."""
