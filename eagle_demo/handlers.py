@@ -176,6 +176,13 @@ def _refuse(message: str):
     raise gr.Error(message, print_exception=False)
 
 
+class _Halt(threading.Event):
+    """A page answer's end, asked for by Stop (`keep`: the answer so far stays, marked stopped) or
+    by Undo or Clear (it goes)."""
+
+    keep = True
+
+
 def _recorded(records: dict | None, key: str, limit: int, fresh: bool = False, **fields) -> dict:
     """Session records (answer_key -> made_with, rating), bounded: old retries drop out. The record
     at `key` gains `fields`, or is made anew with them when `fresh`."""
@@ -197,7 +204,7 @@ class ChatHandlers:
         self.generated: set[str] = set()  # drawings, exports, frames: deleted with the uploads
         # session -> the Stop of the page's answer now streaming there (gradio's own cancel alone was
         # not always heard, 6.31); an entry lives as long as its answer
-        self._stops: dict[str, threading.Event] = {}
+        self._stops: dict[str, _Halt] = {}
         if gpu is not None:  # ZeroGPU asks up front for the seconds of GPU an answer may take
             self.answer_updates = gpu(duration=lambda turns, model, system, settings: menu.gpu_seconds(
                 model, settings.max_new_tokens, sum(len(t.files) for t in turns)))(self.answer_updates)
@@ -391,13 +398,14 @@ class ChatHandlers:
             max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed)
         text, stats = "", None
         session = getattr(request, "session_hash", None) or uuid.uuid4().hex
-        stop = self._stops[session] = threading.Event()
+        stop = self._stops[session] = _Halt()
         try:  # closing: Stop closes this generator, and that must reach the decode at once
             with closing(self._stream(turns, model, system, settings)) as updates:
                 for update in updates:
-                    if stop.is_set():  # the same chat as Stop's own reply, whichever comes last
+                    if stop.is_set():  # the same chat as Stop's (or Undo's, Clear's) reply, whichever comes last
                         kept = [answer_message(text)] if text else []
-                        yield stopped(history + kept), self.status(model), False, gr.skip()
+                        shown = stopped(history + kept) if stop.keep else gr.skip()
+                        yield shown, self.status(model), False, gr.skip()
                         return
                     if update.status:
                         yield history, self.status(model, update.status), gr.skip(), gr.skip()
@@ -469,12 +477,22 @@ class ChatHandlers:
         if not text:
             yield text
 
-    def stop(self, history: list[dict], request: gr.Request = None):
-        """Stop: the answer streaming in this session ends after its current token, marked stopped."""
+    def _halt(self, request: gr.Request | None, keep: bool) -> None:
+        """The answer streaming in this session (if any) ends after its current token."""
         stop = self._stops.get(getattr(request, "session_hash", None))
         if stop is not None:
+            stop.keep = keep
             stop.set()
+
+    def stop(self, history: list[dict], request: gr.Request = None):
+        """Stop: the answer so far stays, marked stopped."""
+        self._halt(request, keep=True)
         return stopped(history), False
+
+    def clear(self, request: gr.Request = None):
+        """Clear: no chat, no export, nothing answering, no records."""
+        self._halt(request, keep=False)
+        return [], None, False, {}
 
     def retry(self, history: list[dict], answering: bool):
         if answering:
@@ -484,8 +502,9 @@ class ChatHandlers:
             _refuse("Nothing to retry yet: ask a question first.")
         return history, True, None
 
-    def undo(self, history: list[dict]):
+    def undo(self, history: list[dict], request: gr.Request = None):
         """Remove the last question and its answer; put the question back in the inputs."""
+        self._halt(request, keep=False)
         history = without_answers(history)
         if not history:
             return history, gr.skip(), gr.skip(), gr.skip(), False

@@ -248,13 +248,14 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
     example_answered = chain_respond(chat.example_select(app.run_example, [chat, answering], asked, **private))
     retried = chain_respond(buttons["retry"].click(app.retry, [chat, answering], [chat, answering, buttons["export"]],
                                                    **private))
-    generating = [answered, retried, example_answered]
-    # gradio closes the running handler (its generator's exit stops the decode), and app.stop tells it
-    # too: gradio's cancel was not always heard (6.31), least of all with the example's answer listed
+    # app.stop, app.undo and app.clear tell the running answer (it ends after its token), and gradio
+    # closes the handler too. The example's answer is not in `cancels`: listed there, Stop often did
+    # nothing at all (gradio 6.31); the handlers end it (test_stop_ends_an_answer_begun_from_an_example_card)
+    generating = [answered, retried]
     halted = buttons["stop"].click(app.stop, chat, [chat, answering], cancels=generating, queue=False, **private)
     undone = buttons["undo"].click(app.undo, chat, [chat, p.box, p.gallery, p.video, answering], cancels=generating,
                                    queue=False, **private)
-    cleared = buttons["clear"].click(lambda: ([], None, False, {}), None, [chat, buttons["export"], answering, records],
+    cleared = buttons["clear"].click(app.clear, None, [chat, buttons["export"], answering, records],
                                      cancels=generating, queue=False, **private)
     rated = chat.like(app.rate, [chat, records], records, queue=False, **private)
     enable = dict(fn=controls, inputs=[chat, answering, buttons["export"]], outputs=list(buttons.values()),
