@@ -57,6 +57,9 @@ BUSY_RETRYING = "The answer is still coming. Wait for it, or press Stop, then re
 DEFAULTS = GenerationSettings()
 OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # drawings, exports, frames; gradio copies them
 _DONE = object()
+# the page redraws the whole answer for each update: one per token at a fast model's rate keeps the
+# browser so busy that a click on Stop waits for the answer's end (seen in CI); ~12 a second reads smoothly
+PAGE_UPDATE_INTERVAL_S = 0.08
 
 
 def on_own_thread(work: Callable[[Callable[[Any], None], threading.Event], None]) -> Iterator:
@@ -396,7 +399,7 @@ class ChatHandlers:
             return
         turns, model, settings = conversation(history), self.checked_model(model), settings_from(
             max_tiles, num_frames, temperature, top_p, max_new_tokens, repetition_penalty, top_k, seed)
-        text, stats = "", None
+        text, stats, shown_at = "", None, 0.0
         session = getattr(request, "session_hash", None) or uuid.uuid4().hex
         stop = self._stops[session] = _Halt()
         try:  # closing: Stop closes this generator, and that must reach the decode at once
@@ -411,7 +414,9 @@ class ChatHandlers:
                         yield history, self.status(model, update.status), gr.skip(), gr.skip()
                         continue
                     text, stats = update.text, update.stats or stats
-                    yield history + [answer_message(text)], gr.skip(), gr.skip(), gr.skip()
+                    if time.monotonic() - shown_at >= PAGE_UPDATE_INTERVAL_S:  # the rest: with the next, or the last
+                        shown_at = time.monotonic()
+                        yield history + [answer_message(text)], gr.skip(), gr.skip(), gr.skip()
         except gr.Error as e:
             kept = [answer_message(text)] if text else []
             yield history + kept + [error_message(e.message)], self.status(model), False, gr.skip()

@@ -89,8 +89,11 @@ def settle(generation, quiet: float = 0.3, timeout: float = 10):
     raise AssertionError("the decode loop did not stop")
 
 
-def test_upload_ask_stream_stop_and_export(page, app_server):
+def test_upload_ask_stream_stop_and_export(page, app_server, monkeypatch):
     ARTIFACTS.mkdir(exist_ok=True)
+    # random weights pick an end-of-answer token sooner or later, and when depends on the tests before
+    # (fresh-clone CI: after 2,225 tokens, before Stop was clicked): only Stop may end this answer
+    monkeypatch.setattr(app_server.engine, "stop_ids", set())
     set_number(page, "Max new tokens", 4096)  # long enough to Stop mid-way
     sample_with_seed(page)
     generations = len(app_server.recorder.generations)
@@ -106,7 +109,6 @@ def test_upload_ask_stream_stop_and_export(page, app_server):
         seen.append(len(answer.inner_text()))
         time.sleep(0.05)
     assert len(set(seen)) >= 3, f"the answer did not stream: {seen}"
-    assert generation.finish_reason != "stop", "the tiny model ended its answer early: pick another seed"
 
     page.wait_for_function("() => !document.querySelector('#stop').disabled")
     clicked = time.monotonic()
