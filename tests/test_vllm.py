@@ -9,6 +9,7 @@ CPU attention needs head_dim 32 to 512: the `small` random checkpoint, not `tiny
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import threading
@@ -30,6 +31,7 @@ from tests.conftest import ROOT, free_port
 
 VENV = Path(os.environ.get("VLLM_VENV") or ROOT / ".vllm-venv")
 SERVED = "eagle2-small"
+SERVER_MAX_IMAGES = 3  # fewer than the app's own limit: the server's refusal must reach the user
 HUB_PROCESSOR_FILES = ("chat_template.json", "preprocessor_config.json", "processor_config.json")
 SYSTEM = "You are a helpful assistant."
 GREEDY = GenerationSettings(max_tiles=6, temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0,
@@ -56,7 +58,8 @@ def server(checkpoint, tmp_path_factory):
     """vLLM's OpenAI server for the checkpoint, started as README says: no --trust-remote-code."""
     log = tmp_path_factory.mktemp("vllm-log") / "serve.log"
     served = VllmServer(VENV, checkpoint, 8192, log, timeout_s=600, preload=True, served_name=SERVED,
-                        options=("--max-num-seqs", "2", "--trust-request-mm-kwargs"))
+                        options=("--max-num-seqs", "2", "--trust-request-mm-kwargs",
+                                 "--limit-mm-per-prompt", json.dumps({"image": SERVER_MAX_IMAGES})))
     try:
         served.wait_ready()
         yield served
@@ -177,6 +180,25 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
     assert len(answer.token_ids) < 4000
 
 
+def test_with_concurrency_two_users_are_answered_at_once(front_end, server):
+    """--concurrency 2 and a batching server: two clients' answers decode together on the server."""
+    from gradio_client import Client
+
+    url, _ = front_end
+    long_answer = ("Tell me a long story.", [], None, [], SYSTEM, 1, 8, 1.0, 1.0, 600, 1.0, 3, 0, SERVED, None)
+    jobs = [Client(url, verbose=False, analytics_enabled=False).submit(*long_answer, api_name="/chat")
+            for _ in range(2)]
+    try:
+        most, deadline = 0, time.monotonic() + 60
+        while most < 2 and time.monotonic() < deadline and not all(job.done() for job in jobs):
+            most = max(most, running_requests(server))
+            time.sleep(0.1)
+        assert most == 2
+    finally:
+        for job in jobs:
+            job.cancel()
+
+
 def test_an_unreachable_server_is_named_in_one_line():
     import subprocess
     import sys
@@ -185,3 +207,19 @@ def test_an_unreachable_server_is_named_in_one_line():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "does not answer" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("problem", ["too many images", "a model it does not serve"])
+def test_what_the_server_refuses_is_said_to_the_user(problem, front_end, tmp_path):
+    from eagle_demo.server_client import NOT_SERVED, REFUSED, ServerError, ServerModel
+
+    _, menu = front_end
+    images = [picture(tmp_path, f"many-{i}", 64, 64, seed=i) for i in range(SERVER_MAX_IMAGES + 1)]
+    if problem == "too many images":
+        model, question, expected = menu.engine(SERVED), Message("user", "Compare them.", images), REFUSED
+    else:
+        model, question, expected = ServerModel(menu, "Eagle2-9B"), Message("user", "Hello"), NOT_SERVED
+    with pytest.raises(ServerError) as refused:
+        list(model.chat([question], SYSTEM, GREEDY))
+    assert str(refused.value) == expected.format(model="Eagle2-9B")
+    assert list(menu.engine(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # and it goes on serving
