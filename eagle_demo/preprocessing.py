@@ -251,6 +251,16 @@ def _answer_pieces(answer: str, tokenizer) -> list[str | int]:
     return pieces
 
 
+def image_label(k: int) -> str:
+    """What introduces the k-th image or frame of a conversation that holds more than one image."""
+    return f"<image {k}>"
+
+
+def visual_run(ids: PromptTokens, tiles: int, tokens_per_tile: int) -> list[int]:
+    """The token ids one image or frame of `tiles` tiles takes in the prompt: <img>, its context tokens, </img>."""
+    return [ids.img_start] + [ids.img_context] * (tokens_per_tile * tiles) + [ids.img_end]
+
+
 def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile: int) -> Prompt:
     """Token ids of the conversation in the layout of Eagle2's chat() (ChatML).
 
@@ -270,7 +280,7 @@ def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile:
         pieces += [ids.im_start, "user\n"]
         for image in turn.images:
             k += 1
-            pieces += [image, "\n"] if single_image else [f"<image {k}>", image, "\n"]
+            pieces += [image, "\n"] if single_image else [image_label(k), image, "\n"]
         if turn.frames:
             pieces.append("This is a video:\n")
             for i, (frame, t) in enumerate(zip(turn.frames, turn.timestamps, strict=True), 1):
@@ -289,7 +299,7 @@ def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile:
         for piece in run:
             if isinstance(piece, Visual):
                 tiles = piece.pixel_values.shape[0]
-                prompt.input_ids += [ids.img_start] + [ids.img_context] * (tokens_per_tile * tiles) + [ids.img_end]
+                prompt.input_ids += visual_run(ids, tiles, tokens_per_tile)
                 prompt.visuals.append(piece)
                 prompt.num_tiles.append(tiles)
             else:

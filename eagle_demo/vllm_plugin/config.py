@@ -23,6 +23,7 @@ class Eagle2VllmConfig(PretrainedConfig):
         if checked is not None:
             kwargs.update(force_image_size=checked.tile_size, downsample_ratio=checked.downsample_ratio,
                           select_layer=checked.select_layer, use_thumbnail=checked.use_thumbnail,
+                          tokens_per_tile=checked.tokens_per_tile,
                           dynamic_image_size=checked.dynamic_image_size,
                           min_dynamic_patch=kwargs.get("min_dynamic_tiles", 1),
                           max_dynamic_patch=checked.max_dynamic_tiles)

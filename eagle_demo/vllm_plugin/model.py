@@ -23,9 +23,7 @@ class Eagle2ImageProcessor:
         self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
         self.ctx_image_token_id = self.tokens.img_context  # read by InternVL's processor base
         self.tile_size, self.max_tiles = config.force_image_size, config.max_dynamic_patch
-        self.use_thumbnail = config.use_thumbnail
-        side = config.force_image_size // config.vision_config.patch_size * config.downsample_ratio
-        self.tokens_per_tile = int(side) ** 2
+        self.use_thumbnail, self.tokens_per_tile = config.use_thumbnail, config.tokens_per_tile
 
     def num_tiles(self, width: int, height: int, max_tiles: int | None = None) -> int:
         return preprocessing.count_tiles(width, height, max_tiles or self.max_tiles, self.tile_size,
@@ -69,9 +67,8 @@ class Eagle2MultiModalProcessor(BaseInternVLMultiModalProcessor[Eagle2Processing
         def replacement(index: int) -> PromptUpdateDetails:
             size = mm_items.get_items("image", ImageProcessorItems).get_image_size(index)
             tiles = processor.num_tiles(size.width, size.height, max_tiles)
-            label = tokenizer.encode(f"<image {index + 1}>", add_special_tokens=False) if labelled else []
-            run = [processor.tokens.img_start, *[processor.tokens.img_context] * (tiles * processor.tokens_per_tile),
-                   processor.tokens.img_end]
+            label = tokenizer.encode(preprocessing.image_label(index + 1), add_special_tokens=False) if labelled else []
+            run = preprocessing.visual_run(processor.tokens, tiles, processor.tokens_per_tile)
             return PromptUpdateDetails.select_token_id(label + run, processor.tokens.img_context)
 
         placeholder = tokenizer.encode("<image>", add_special_tokens=False)  # the model's get_placeholder_str
