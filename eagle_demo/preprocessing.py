@@ -256,6 +256,14 @@ def image_label(k: int) -> str:
     return f"<image {k}>"
 
 
+VIDEO_INTRO = "This is a video:\n"  # what introduces a video's frame lines
+
+
+def frame_label(i: int, seconds: float) -> str:
+    """What introduces the i-th frame (from 1) of a video, sampled at `seconds`."""
+    return f"Frame {i} sampled at {seconds:.2f} seconds: "
+
+
 def visual_run(ids: PromptTokens, tiles: int, tokens_per_tile: int) -> list[int]:
     """The token ids one image or frame of `tiles` tiles takes in the prompt: <img>, its context tokens, </img>."""
     return [ids.img_start] + [ids.img_context] * (tokens_per_tile * tiles) + [ids.img_end]
@@ -282,10 +290,10 @@ def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile:
             k += 1
             pieces += [image, "\n"] if single_image else [image_label(k), image, "\n"]
         if turn.frames:
-            pieces.append("This is a video:\n")
+            pieces.append(VIDEO_INTRO)
             for i, (frame, t) in enumerate(zip(turn.frames, turn.timestamps, strict=True), 1):
                 k += 1
-                pieces += [f"Frame {i} sampled at {t:.2f} seconds: ", frame, "\n"]
+                pieces += [frame_label(i, t), frame, "\n"]
         pieces += [turn.user, ids.im_end, "\n", ids.im_start, "assistant\n"]
         if turn.answer:  # an empty answer renders like a missing one, as in the official template
             pieces += [*_answer_pieces(turn.answer, tokenizer), ids.im_end, "\n"]

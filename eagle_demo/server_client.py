@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import media
@@ -24,6 +25,7 @@ UNREACHABLE = ("The model server at {host} does not answer. Check that it runs a
 REFUSED = ("The model server refused this message: it holds more than the server takes (images per message, "
            "or its context length). Send fewer images, or lower Max tiles, and try again.")
 NOT_SERVED = "The model server does not serve {model} now. Pick another model, or reload the page."
+TILE_SIZE = 448  # every Eagle2 checkpoint's tile (force_image_size): video frames are sent at it
 FAILED = "The model server failed on this answer. Try again; if it goes on failing, its log says why."
 
 
@@ -80,11 +82,9 @@ class ServerModel:
 
     def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
              cancel: threading.Event | None = None, progress: Callable[[str], None] | None = None) -> ServerAnswer:
-        if any(m.video for m in messages):
-            raise ServerError("Videos are not sent to a model server yet: ask about images, or run the app "
-                              "with its own model (without --server).")
-        request = request_messages(messages, system, self.menu.limits)
-        return ServerAnswer(self, request, settings or GenerationSettings(), cancel or threading.Event(), progress)
+        settings = settings or GenerationSettings()
+        request = ServerRequest.of(messages, system, settings.num_frames, self.menu.limits)
+        return ServerAnswer(self, request, settings, cancel or threading.Event(), progress)
 
 
 def image_url(path: str, limits: Limits) -> str:
@@ -94,17 +94,41 @@ def image_url(path: str, limits: Limits) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def request_messages(messages: list[Message], system: str, limits: Limits) -> list[dict]:
-    """The conversation in OpenAI's chat format; the system prompt always sent (an empty one too, as
-    the engine writes it), images before the text, as the app lays them out."""
-    out = [{"role": "system", "content": system}]
-    for message in messages:
-        if message.role == "assistant":
-            out.append({"role": "assistant", "content": message.text})
-            continue
-        parts = [{"type": "image_url", "image_url": {"url": image_url(p, limits)}} for p in message.images]
-        out.append({"role": "user", "content": [*parts, {"type": "text", "text": message.text}]})
-    return out
+def video_url(clip: media.VideoClip) -> str:
+    """A clip's frames as vLLM's frame-list video: lossless PNGs (PIL reads them whatever type the URL
+    names) after `data:video/jpeg;base64,`, comma-separated."""
+    frames = []
+    for frame in clip.frames:
+        buffer = io.BytesIO()
+        frame.save(buffer, format="PNG")
+        frames.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return "data:video/jpeg;base64," + ",".join(frames)
+
+
+@dataclass
+class ServerRequest:
+    """The conversation in OpenAI's chat format, and each video's frame times (in prompt order)."""
+
+    messages: list[dict]
+    video_timestamps: list[list[float]]
+
+    @classmethod
+    def of(cls, messages: list[Message], system: str, num_frames: int, limits: Limits) -> ServerRequest:
+        """The system prompt always sent (an empty one too, as the engine writes it); images, then the
+        video, then the text, as the app lays them out. Frames are sampled here as the engine samples
+        them, at the tile size, so the server tiles the same pixels."""
+        out, times = [{"role": "system", "content": system}], []
+        for message in messages:
+            if message.role == "assistant":
+                out.append({"role": "assistant", "content": message.text})
+                continue
+            parts = [{"type": "image_url", "image_url": {"url": image_url(p, limits)}} for p in message.images]
+            if message.video:
+                clip = media.sample_video(message.video, num_frames, limits, frame_size=(TILE_SIZE, TILE_SIZE))
+                parts.append({"type": "video_url", "video_url": {"url": video_url(clip)}})
+                times.append(clip.timestamps)
+            out.append({"role": "user", "content": [*parts, {"type": "text", "text": message.text}]})
+        return cls(out, times)
 
 
 class ServerAnswer:
@@ -112,21 +136,24 @@ class ServerAnswer:
     Generation: text, token ids, finish reason and timings. Cancelling (or closing) closes the stream,
     and vLLM aborts a request whose client went away."""
 
-    num_frames = 0
 
-    def __init__(self, model: ServerModel, messages: list[dict], settings: GenerationSettings,
+    def __init__(self, model: ServerModel, request: ServerRequest, settings: GenerationSettings,
                  cancel: threading.Event, progress: Callable[[str], None] | None):
-        self.model, self.messages, self.settings, self.cancel = model, messages, settings, cancel
+        self.model, self.request, self.settings, self.cancel = model, request, settings, cancel
         self.progress = progress or (lambda stage: None)
         self.text, self.token_ids, self.finish_reason = "", [], None
-        self.num_tiles: list[int] = []  # tiled on the server: not known here
+        self.num_frames = sum(map(len, request.video_timestamps))
+        self.num_tiles = [1] * self.num_frames  # a frame is one tile; images are tiled on the server, unseen here
         self.timings: dict = {}
 
     def _request(self) -> dict:
         s = self.settings
+        # the plugin's tiling and frame times; every frame sent kept (vLLM keeps 32 otherwise): these two
+        # need the server's --trust-request-mm-kwargs
+        processing = {"max_dynamic_patch": s.max_tiles, "video_timestamps": self.request.video_timestamps}
         extra = {"top_k": s.top_k or -1, "repetition_penalty": s.repetition_penalty, "return_token_ids": True,
-                 "mm_processor_kwargs": {"max_dynamic_patch": s.max_tiles}}  # needs --trust-request-mm-kwargs
-        return dict(model=self.model.name, messages=self.messages, stream=True, temperature=s.temperature,
+                 "mm_processor_kwargs": processing, "media_io_kwargs": {"video": {"num_frames": -1}}}
+        return dict(model=self.model.name, messages=self.request.messages, stream=True, temperature=s.temperature,
                     top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed, extra_body=extra)
 
     def __iter__(self) -> Iterator[str]:

@@ -8,7 +8,6 @@ CPU attention needs head_dim 32 to 512: the `small` random checkpoint, not `tiny
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -23,18 +22,20 @@ from PIL import Image
 
 from benchmarks.bench_vllm_cpu import VllmServer
 from benchmarks.common import REAL_TOKENIZER
-from eagle_demo.config import GenerationSettings
+from eagle_demo.config import LIMITS, GenerationSettings
 from eagle_demo.conversation import Message
 from eagle_demo.engine import Engine
+from eagle_demo.server_client import ServerRequest
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT, free_port
+from tests.media_factory import make_video
 
 VENV = Path(os.environ.get("VLLM_VENV") or ROOT / ".vllm-venv")
 SERVED = "eagle2-small"
 SERVER_MAX_IMAGES = 3  # fewer than the app's own limit: the server's refusal must reach the user
 HUB_PROCESSOR_FILES = ("chat_template.json", "preprocessor_config.json", "processor_config.json")
 SYSTEM = "You are a helpful assistant."
-GREEDY = GenerationSettings(max_tiles=6, temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+GREEDY = GenerationSettings(max_tiles=6, num_frames=6, temperature=0, top_p=1.0, top_k=0, repetition_penalty=1.0,
                             max_new_tokens=12)
 
 pytestmark = [
@@ -59,7 +60,7 @@ def server(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm-log") / "serve.log"
     served = VllmServer(VENV, checkpoint, 8192, log, timeout_s=600, preload=True, served_name=SERVED,
                         options=("--max-num-seqs", "2", "--trust-request-mm-kwargs",
-                                 "--limit-mm-per-prompt", json.dumps({"image": SERVER_MAX_IMAGES})))
+                                 "--limit-mm-per-prompt", json.dumps({"image": SERVER_MAX_IMAGES, "video": 2})))
     try:
         served.wait_ready()
         yield served
@@ -82,23 +83,30 @@ def picture(folder: Path, name: str, width: int, height: int, seed: int) -> str:
     return str(path)
 
 
-def data_url(path: str) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
-
-
 def served_greedy(server, messages: list[Message], full_length: bool = True) -> dict:
-    """vLLM's greedy answer to the conversation, as the OpenAI API carries it, with its token ids
-    (`full_length`: past end tokens, and with them in the text)."""
-    body = [{"role": "system", "content": SYSTEM}]
-    for m in messages:
-        parts = [{"type": "image_url", "image_url": {"url": data_url(p)}} for p in m.images]
-        body.append({"role": m.role, "content": [*parts, {"type": "text", "text": m.text}] if parts else m.text})
+    """vLLM's greedy answer to the conversation, sent as the app's server client sends it (images as
+    PNG data URLs, videos as their sampled frames and times), with its token ids (`full_length`:
+    past end tokens, and with them in the text)."""
+    request = ServerRequest.of(messages, SYSTEM, GREEDY.num_frames, LIMITS)
     reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=600, json={
-        "model": SERVED, "messages": body, "temperature": 0, "max_tokens": GREEDY.max_new_tokens,
+        "model": SERVED, "messages": request.messages, "temperature": 0, "max_tokens": GREEDY.max_new_tokens,
         "ignore_eos": full_length, "return_token_ids": True, "skip_special_tokens": not full_length,
-        "mm_processor_kwargs": {"max_dynamic_patch": GREEDY.max_tiles}})
+        "mm_processor_kwargs": {"max_dynamic_patch": GREEDY.max_tiles, "video_timestamps": request.video_timestamps},
+        "media_io_kwargs": {"video": {"num_frames": -1}}})
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+def clip(folder: Path, name: str, frames: int = 40, size: tuple[int, int] = (320, 240)) -> str:
+    return str(make_video(folder / f"{name}.mp4", frames=frames, size=size, fps=10))
+
+
+def assert_served_as_the_engine_serves(server, engine, messages: list[Message]) -> None:
+    ours = engine.chat(messages, SYSTEM, GREEDY)
+    list(ours)
+    theirs = served_greedy(server, messages)
+    assert theirs["prompt_token_ids"] == [int(i) for i in ours.prompt_token_ids]
+    assert theirs["choices"][0]["token_ids"] == list(ours.token_ids)
 
 
 CASES = {  # (width, height) of each image of the question; 1280x720 at 6 tiles: 7 tiles here, 3 by InternVL's rule
@@ -111,23 +119,30 @@ CASES = {  # (width, height) of each image of the question; 1280x720 at 6 tiles:
 def test_vllm_serves_eagle2_as_the_engine_does(case, server, engine, tmp_path):
     """The same prompt ids (tiling, normalisation, `<image k>` labels, chat layout) and the same greedy tokens."""
     images = [picture(tmp_path, f"{case}-{i}", w, h, seed=i) for i, (w, h) in enumerate(CASES[case])]
-    question = [Message("user", "Describe the pictures." if images else "Tell me a story.", images)]
-    ours = engine.chat(question, SYSTEM, GREEDY)
-    list(ours)
-    theirs = served_greedy(server, question)
-    assert theirs["prompt_token_ids"] == [int(i) for i in ours.prompt_token_ids]
-    assert theirs["choices"][0]["token_ids"] == list(ours.token_ids)
+    question = Message("user", "Describe the pictures." if images else "Tell me a story.", images)
+    assert_served_as_the_engine_serves(server, engine, [question])
 
 
 def test_a_second_turn_is_laid_out_as_the_engine_lays_it_out(server, engine, tmp_path):
     image = picture(tmp_path, "first", 800, 600, seed=3)
     turns = [Message("user", "What is this?", [image]), Message("assistant", "A pattern of dots."),
              Message("user", "And its colours?")]
-    ours = engine.chat(turns, SYSTEM, GREEDY)
-    list(ours)
-    theirs = served_greedy(server, turns)
-    assert theirs["prompt_token_ids"] == [int(i) for i in ours.prompt_token_ids]
-    assert theirs["choices"][0]["token_ids"] == list(ours.token_ids)
+    assert_served_as_the_engine_serves(server, engine, turns)
+
+
+def test_a_video_is_served_as_the_engine_samples_and_lays_it_out(server, engine, tmp_path):
+    """Frames sampled and timed as the engine samples them, one tile each, after "This is a video:"."""
+    assert_served_as_the_engine_serves(server, engine, [Message("user", "What happens?", video=clip(tmp_path, "v"))])
+
+
+def test_labels_count_the_frames_of_videos_before_an_image(server, engine, tmp_path):
+    """An image, a video, then (next turn) another image and another video: every image labelled
+    `<image k>`, k counting the frames before it, and each video with its own frame times."""
+    turns = [Message("user", "Look.", [picture(tmp_path, "a", 500, 300, seed=7)], video=clip(tmp_path, "one")),
+             Message("assistant", "I see."),
+             Message("user", "And now?", [picture(tmp_path, "b", 300, 500, seed=8)],
+                     video=clip(tmp_path, "two", frames=73, size=(160, 120)))]
+    assert_served_as_the_engine_serves(server, engine, turns)
 
 
 # ------------------------------------------------------------------------------- the app as front end
@@ -145,16 +160,26 @@ def front_end(server):
 
 
 def test_the_app_answers_through_the_server(front_end, server, tmp_path):
+    """Over HTTP: two images, a video and the history go to the server, and the answer streams back
+    as vLLM's own greedy answer to the same conversation."""
     from gradio_client import Client, handle_file
 
     url, menu = front_end
     assert menu.names == [SERVED]  # the menu is the server's /v1/models
-    image = picture(tmp_path, "asked", 640, 360, seed=5)
+    images = [picture(tmp_path, "asked", 640, 360, seed=5), picture(tmp_path, "also", 200, 400, seed=6)]
+    video = clip(tmp_path, "asked")
+    history = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello! What shall we look at?"}]
     client = Client(url, verbose=False, analytics_enabled=False)
-    answer = client.predict("Describe the picture.", [handle_file(image)], None, [], SYSTEM, GREEDY.max_tiles, 8,
-                            0, 1.0, GREEDY.max_new_tokens, 1.0, 0, None, SERVED, None, api_name="/chat")
-    direct = served_greedy(server, [Message("user", "Describe the picture.", [image])], full_length=False)
+    job = client.submit("Compare them.", [handle_file(p) for p in images], handle_file(video), history, SYSTEM,
+                        GREEDY.max_tiles, GREEDY.num_frames, 0, 1.0, GREEDY.max_new_tokens, 1.0, 0, None, SERVED,
+                        None, api_name="/chat")
+    answer = job.result(timeout=300)
+    turns = [Message("user", "Hello."), Message("assistant", "Hello! What shall we look at?"),
+             Message("user", "Compare them.", images, video)]
+    direct = served_greedy(server, turns, full_length=False)
     assert answer == direct["choices"][0]["message"]["content"]
+    streamed = job.outputs()
+    assert len(streamed) > 1 and all(answer.startswith(part) for part in streamed)
 
 
 def running_requests(server) -> float:
@@ -178,6 +203,7 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
         time.sleep(0.2)
     assert running_requests(server) == 0 and answer.finish_reason == "cancelled"
     assert len(answer.token_ids) < 4000
+    assert list(menu.engine(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # the server is free
 
 
 def test_with_concurrency_two_users_are_answered_at_once(front_end, server):

@@ -1,23 +1,31 @@
-"""vLLM's Eagle2 model, fed by this project's image processing (eagle_demo.preprocessing)."""
+"""vLLM's Eagle2 model, fed by this project's image and video processing (eagle_demo.preprocessing)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
+import numpy as np
 import torch
+from PIL import Image
 from transformers import BatchFeature
 from vllm.model_executor.models.eagle2_5_vl import Eagle2_5_VLForConditionalGeneration
 from vllm.model_executor.models.internvl import BaseInternVLDummyInputsBuilder, BaseInternVLMultiModalProcessor
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.parse import ImageProcessorItems, ImageSize
+from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.parse import ImageProcessorItems, ImageSize, VideoProcessorItems
 from vllm.multimodal.processing import BaseProcessingInfo, PromptReplacement, PromptUpdateDetails
 
 from .. import preprocessing
 
+PLACEHOLDERS = {"image": "<image>", "video": "<video>"}  # what vLLM's chat template writes per item
+
 
 class Eagle2ImageProcessor:
-    """Images into tiles exactly as the app's engine tiles them: Eagle2's grid rule, SigLIP's
-    normalisation, the thumbnail (an HF-processor-like callable, as vLLM calls one)."""
+    """Images and videos into tiles exactly as the app's engine tiles them: Eagle2's grid rule,
+    SigLIP's normalisation, the thumbnail; a video's frames one tile each (an HF-processor-like
+    callable, as vLLM calls one)."""
 
     def __init__(self, tokenizer, config):
         self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
@@ -29,12 +37,23 @@ class Eagle2ImageProcessor:
         return preprocessing.count_tiles(width, height, max_tiles or self.max_tiles, self.tile_size,
                                          self.use_thumbnail)
 
-    def __call__(self, text=None, images=None, max_dynamic_patch: int | None = None, return_tensors=None,
-                 **kwargs) -> BatchFeature:
-        tiles = [preprocessing.tile_image(image, max_dynamic_patch or self.max_tiles, self.tile_size,
-                                          self.use_thumbnail) for image in images or []]
-        return BatchFeature({"pixel_values_flat": torch.cat(tiles),
-                             "image_num_patches": torch.tensor([len(t) for t in tiles])})
+    def __call__(self, text=None, images=None, videos=None, max_dynamic_patch: int | None = None,
+                 return_tensors=None, **kwargs) -> BatchFeature:
+        out = {}
+        if images:
+            tiles = [preprocessing.tile_image(image, max_dynamic_patch or self.max_tiles, self.tile_size,
+                                              self.use_thumbnail) for image in images]
+            out |= {"pixel_values_flat": torch.cat(tiles), "image_num_patches": torch.tensor([len(t) for t in tiles])}
+        if videos:
+            frames = [[_as_image(frame) for frame in video] for video in videos]
+            out |= {"pixel_values_flat_video": torch.cat([preprocessing.tile_image(frame, 1, self.tile_size, False)
+                                                          for video in frames for frame in video]),
+                    "video_num_patches": torch.tensor([len(video) for video in frames])}
+        return BatchFeature(out)
+
+
+def _as_image(frame) -> Image.Image:
+    return frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame)).convert("RGB")
 
 
 class Eagle2ProcessingInfo(BaseProcessingInfo):
@@ -42,40 +61,131 @@ class Eagle2ProcessingInfo(BaseProcessingInfo):
         return Eagle2ImageProcessor(self.get_tokenizer(), self.get_hf_config())
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        return {"image": None}
+        return {"image": None, "video": None}
 
     def get_image_size_with_most_features(self) -> ImageSize:
         """The image that makes the most tiles: the grid of max_tiles tiles that exists (n x 1)."""
         processor = self.get_hf_processor()
         return ImageSize(width=processor.tile_size * processor.max_tiles, height=processor.tile_size)
 
+    def get_num_frames_with_most_features(self, seq_len: int, mm_counts: Mapping[str, int]) -> int:
+        """As many one-tile frames per video as the context holds beside the largest images."""
+        processor = self.get_hf_processor()
+        image_tokens = mm_counts.get("image", 0) * (processor.max_tiles + 1) * processor.tokens_per_tile
+        frames = (seq_len - image_tokens) // processor.tokens_per_tile // max(mm_counts.get("video", 0), 1)
+        return max(frames, 1)
+
+
+class Eagle2DummyInputsBuilder(BaseInternVLDummyInputsBuilder[Eagle2ProcessingInfo]):
+    """The largest images and videos a prompt can hold, for vLLM's memory profiling."""
+
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        return super().get_dummy_text(mm_counts) + PLACEHOLDERS["video"] * mm_counts.get("video", 0)
+
+    def get_dummy_mm_data(self, seq_len, mm_counts, mm_options):
+        size = self.info.get_hf_processor().tile_size
+        frames = self.info.get_num_frames_with_most_features(seq_len, mm_counts)
+        videos = self._get_dummy_videos(width=size, height=size, num_frames=frames,
+                                        num_videos=mm_counts.get("video", 0), overrides=mm_options.get("video"))
+        return {**super().get_dummy_mm_data(seq_len, mm_counts, mm_options), "video": videos}
+
 
 class Eagle2MultiModalProcessor(BaseInternVLMultiModalProcessor[Eagle2ProcessingInfo]):
     def _cached_apply_hf_processor(self, inputs, timing_ctx):
-        """Uncached: an image's replacement depends on the other images of its prompt (the label), and
-        vLLM's cache keeps one replacement per image (tiling again costs little beside the model)."""
+        """Uncached: an image's replacement depends on the other visuals of its prompt (the label), and
+        vLLM's cache keeps one replacement per item (tiling again costs little beside the model)."""
         return self._apply_hf_processor(inputs, timing_ctx)
 
+    def _postprocess_hf_mm_data(self, mm_data, hf_processor_mm_kwargs, processed_data) -> BatchFeature:
+        processed_data = super()._postprocess_hf_mm_data(mm_data, hf_processor_mm_kwargs, processed_data)
+        processed_data["video_token_id"] = processed_data["image_token_id"]  # frames fill <IMG_CONTEXT> runs too
+        return processed_data
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
+        num_frames = hf_inputs.get("video_num_patches", torch.empty(0))
+        return {**self._get_image_fields_config(hf_inputs),
+                "pixel_values_flat_video": MultiModalFieldConfig.flat_from_sizes("video", num_frames),
+                "video_num_patches": MultiModalFieldConfig.batched("video", keep_on_cpu=True),
+                "video_token_id": MultiModalFieldConfig.shared("video", len(num_frames), keep_on_cpu=True)}
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptReplacement]:
-        """Each `<image>` becomes its <img> run of tiles; with several images, after its
-        `<image k>` label, as Eagle2's chat() writes them."""
+        """Each `<image>` becomes its <img> run of tiles; each `<video>` "This is a video:" and a
+        "Frame i sampled at t seconds:" line per frame, with the frame's run (labels: see
+        _apply_prompt_updates)."""
         processor = self.info.get_hf_processor()
         tokenizer = self.info.get_tokenizer()
-        labelled = mm_items.get_count("image", strict=False) > 1
         max_tiles = hf_processor_mm_kwargs.get("max_dynamic_patch")
 
-        def replacement(index: int) -> PromptUpdateDetails:
+        def image(index: int) -> PromptUpdateDetails:
             size = mm_items.get_items("image", ImageProcessorItems).get_image_size(index)
-            tiles = processor.num_tiles(size.width, size.height, max_tiles)
-            label = tokenizer.encode(preprocessing.image_label(index + 1), add_special_tokens=False) if labelled else []
-            run = preprocessing.visual_run(processor.tokens, tiles, processor.tokens_per_tile)
-            return PromptUpdateDetails.select_token_id(label + run, processor.tokens.img_context)
+            run = preprocessing.visual_run(processor.tokens, processor.num_tiles(size.width, size.height, max_tiles),
+                                           processor.tokens_per_tile)
+            return PromptUpdateDetails.select_token_id(run, processor.tokens.img_context)
 
-        placeholder = tokenizer.encode("<image>", add_special_tokens=False)  # the model's get_placeholder_str
-        return [PromptReplacement(modality="image", target=placeholder, replacement=replacement)]
+        def video(index: int) -> PromptUpdateDetails:
+            times = video_timestamps(mm_items.get_items("video", VideoProcessorItems), index, hf_processor_mm_kwargs)
+            ids = tokenizer.encode(preprocessing.VIDEO_INTRO, add_special_tokens=False)
+            for i, seconds in enumerate(times, 1):
+                line = ("\n" if i > 1 else "") + preprocessing.frame_label(i, seconds)
+                ids += tokenizer.encode(line, add_special_tokens=False)
+                ids += preprocessing.visual_run(processor.tokens, 1, processor.tokens_per_tile)
+            return PromptUpdateDetails.select_token_id(ids, processor.tokens.img_context)
+
+        return [PromptReplacement(modality=m, target=tokenizer.encode(PLACEHOLDERS[m], add_special_tokens=False),
+                                  replacement=fn) for m, fn in (("image", image), ("video", video))]
+
+    def _apply_prompt_updates(self, token_ids, mm_prompt_updates):
+        """Labels every image `<image k>`, k counting images and frames in prompt order, when the
+        prompt holds more than one image or any video, as Eagle2's chat() does. Only here is that
+        order known: vLLM resolves each modality's items on their own."""
+        images, videos = mm_prompt_updates.get("image", []), mm_prompt_updates.get("video", [])
+        if not images or (len(images) == 1 and not videos):
+            return super()._apply_prompt_updates(token_ids, mm_prompt_updates)
+        tokenizer = self.info.get_tokenizer()
+        order = re.findall("|".join(map(re.escape, PLACEHOLDERS.values())), tokenizer.decode(token_ids))
+        img_start = self.info.get_hf_processor().tokens.img_start
+        k, next_image, next_video, labelled = 0, 0, 0, []
+        for placeholder in order:
+            if placeholder == PLACEHOLDERS["video"] and next_video < len(videos):
+                k += videos[next_video][0].content.full.count(img_start)  # its frames
+                next_video += 1
+            elif placeholder == PLACEHOLDERS["image"] and next_image < len(images):
+                k += 1
+                label = tokenizer.encode(preprocessing.image_label(k), add_special_tokens=False)
+                labelled.append([_prefixed(update, label) for update in images[next_image]])
+                next_image += 1
+        return super()._apply_prompt_updates(token_ids, {**mm_prompt_updates, "image": labelled + images[next_image:]})
+
+
+def _prefixed(update, label: list[int]):
+    content = update.content
+    return replace(update, content=PromptUpdateDetails(full=label + content.full, is_embed=content.is_embed))
+
+
+def video_timestamps(videos: VideoProcessorItems, index: int, mm_kwargs: Mapping[str, object]) -> list[float]:
+    """Each frame's time in seconds: the client's `video_timestamps` (one list per video, in prompt
+    order; the app sends the times it sampled), else the loader's frame indices over its fps."""
+    given = mm_kwargs.get("video_timestamps")
+    num_frames = videos.get_num_frames(index)
+    if given is not None and index < len(given) and len(given[index]) == num_frames:
+        return [float(t) for t in given[index]]
+    metadata = (videos.metadata or [None] * (index + 1))[index] or {}
+    fps = float(metadata.get("fps") or 1.0)
+    return [i / fps for i in (metadata.get("frames_indices") or range(num_frames))]
 
 
 @MULTIMODAL_REGISTRY.register_processor(Eagle2MultiModalProcessor, info=Eagle2ProcessingInfo,
-                                        dummy_inputs=BaseInternVLDummyInputsBuilder)
+                                        dummy_inputs=Eagle2DummyInputsBuilder)
 class Eagle2ForVllm(Eagle2_5_VLForConditionalGeneration):
-    """vLLM's Eagle2 (SigLIP, pixel shuffle, mlp1, Qwen2), with this project's processor."""
+    """vLLM's Eagle2 (SigLIP, pixel shuffle, mlp1, Qwen2), with this project's processor and video."""
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        return next((text for name, text in PLACEHOLDERS.items() if modality.startswith(name)), None)
+
+    def embed_multimodal(self, **kwargs: object):
+        """vLLM embeds one modality per call; a video's frames take the images' path (one tile each)."""
+        if "pixel_values_flat_video" in kwargs:
+            kwargs = {"pixel_values_flat": kwargs["pixel_values_flat_video"],
+                      "image_num_patches": kwargs["video_num_patches"], "image_token_id": kwargs["video_token_id"]}
+        return super().embed_multimodal(**kwargs)
