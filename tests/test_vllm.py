@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,28 +45,39 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def served_checkpoint(folder: Path, **layout) -> Path:
     """With the hub's processor files beside it (its chat_template.json writes `<image-1>` labels of its own):
     vLLM must lay prompts out as the engine does all the same."""
-    path = write_tiny_checkpoint(tmp_path_factory.mktemp("vllm") / SERVED, tokenizer_dir=REAL_TOKENIZER, size="small")
+    path = write_tiny_checkpoint(folder / SERVED, tokenizer_dir=REAL_TOKENIZER, size="small", **layout)
     for name in HUB_PROCESSOR_FILES:
         shutil.copyfile(REAL_TOKENIZER.parent / "eagle_2_5_vl" / name, path / name)
     return path
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint, tmp_path_factory):
-    """vLLM's OpenAI server for the checkpoint, started as README says: no --trust-remote-code."""
-    log = tmp_path_factory.mktemp("vllm-log") / "serve.log"
+@contextmanager
+def vllm_serving(checkpoint: Path, log: Path, *options: str):
+    """vLLM's OpenAI server for the checkpoint, started as README says: no --trust-remote-code
+    (eager: torch.compile's warm-up would add most of a minute to each start, and computes the same)."""
     served = VllmServer(VENV, checkpoint, 8192, log, timeout_s=600, preload=True, served_name=SERVED,
-                        options=("--max-num-seqs", "2", "--trust-request-mm-kwargs",
-                                 "--limit-mm-per-prompt", json.dumps({"image": SERVER_MAX_IMAGES, "video": 2})))
+                        options=("--trust-request-mm-kwargs", "--enforce-eager", *options))
     try:
         served.wait_ready()
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return served_checkpoint(tmp_path_factory.mktemp("vllm"))
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    log = tmp_path_factory.mktemp("vllm-log") / "serve.log"
+    limits = json.dumps({"image": SERVER_MAX_IMAGES, "video": 2})
+    with vllm_serving(checkpoint, log, "--max-num-seqs", "2", "--limit-mm-per-prompt", limits) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +155,21 @@ def test_labels_count_the_frames_of_videos_before_an_image(server, engine, tmp_p
              Message("user", "And now?", [picture(tmp_path, "b", 300, 500, seed=8)],
                      video=clip(tmp_path, "two", frames=73, size=(160, 120)))]
     assert_served_as_the_engine_serves(server, engine, turns)
+
+
+@pytest.mark.parametrize("layout", ["eagle_chat 1B/2B", "eagle_chat 9B (SigLIP + ConvNeXt)"])
+def test_the_older_layouts_are_served_as_the_engine_serves_them(layout, tmp_path):
+    """The `eagle_chat` config (language model under llm_config, Eagle2ChatModel), with SigLIP as the
+    early 1B/2B revisions, and with the 9B's SigLIP + ConvNeXt mixture at small dimensions: two images
+    and a video, laid out, encoded and answered as the engine does."""
+    checkpoint = served_checkpoint(tmp_path, layout="eagle_chat", mob="9B" in layout)
+    engine = Engine(str(checkpoint), device="cpu", dtype="float32")
+    engine.load()
+    engine.stop_ids = set()
+    question = Message("user", "Compare them.", [picture(tmp_path, "wide", 1280, 720, seed=1),
+                                                 picture(tmp_path, "tall", 300, 600, seed=2)], clip(tmp_path, "v"))
+    with vllm_serving(checkpoint, tmp_path / "serve.log") as server:
+        assert_served_as_the_engine_serves(server, engine, [question])
 
 
 # ------------------------------------------------------------------------------- the app as front end

@@ -123,7 +123,7 @@ class Eagle2Config:
             raise ValueError(f"unknown model_type {layout!r}: expected an Eagle2 checkpoint "
                              "('eagle_chat' or 'eagle_2_5_vl')")
         text = TextConfig.from_dict(text_dict, tie_default=d.get("tie_word_embeddings", False))
-        siglip, convnext = _vision_from_dict(d["vision_config"])
+        siglip, convnext = vision_from_dict(d["vision_config"])
 
         tile_size = d.get("force_image_size") or siglip.image_size
         if tile_size != siglip.image_size:
@@ -157,7 +157,7 @@ class Eagle2Config:
         return cls.from_dict(json.loads((Path(path) / "config.json").read_text()))
 
 
-def _vision_from_dict(v: dict) -> tuple[SiglipConfig, ConvNextConfig | None]:
+def vision_from_dict(v: dict) -> tuple[SiglipConfig, ConvNextConfig | None]:
     model_type = v.get("model_type", "")
     if model_type == "siglip_vision_model":
         return SiglipConfig.from_dict(v), None

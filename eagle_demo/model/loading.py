@@ -163,6 +163,11 @@ def key_prefixes(config: Eagle2Config, mob_order: tuple[str, ...] = ("convnext",
     """Model key prefix -> checkpoint key prefix for the vision tower; all other keys are equal."""
     if config.convnext is None:
         return {"vision_model.": "vision_model.vision_model."}
+    return mob_key_prefixes(mob_order)
+
+
+def mob_key_prefixes(mob_order: tuple[str, ...]) -> dict[str, str]:
+    """key_prefixes of the 9B's two towers, in vision_towers index order (detect_mob_order)."""
     inner = {"siglip": "vision_tower.vision_model.", "convnext": "vision_tower."}
     return {f"vision_model.{name}.": f"{MOB_TOWERS}.{i}.{inner[name]}" for i, name in enumerate(mob_order)}
 

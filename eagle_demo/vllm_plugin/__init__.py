@@ -7,7 +7,9 @@ images with `eagle_demo.preprocessing`, as the app's own engine does.
 
 from __future__ import annotations
 
-ARCHITECTURE = "Eagle2_5_VLForConditionalGeneration"  # the current 1B/2B hub layout
+# architecture (config.json) -> the model class here: the current 1B/2B hub layout, and the older one
+# of the 9B and early 1B/2B revisions
+MODELS = {"Eagle2_5_VLForConditionalGeneration": "Eagle2ForVllm", "Eagle2ChatModel": "Eagle2ChatForVllm"}
 
 
 def register() -> None:
@@ -16,5 +18,5 @@ def register() -> None:
     from .config import register_configs
 
     register_configs()
-    # replaces vLLM's own entry for this architecture (InternVL's tiling and normalisation)
-    ModelRegistry.register_model(ARCHITECTURE, "eagle_demo.vllm_plugin.model:Eagle2ForVllm")
+    for architecture, name in MODELS.items():  # the first replaces vLLM's own (InternVL's tiling and normalisation)
+        ModelRegistry.register_model(architecture, f"eagle_demo.vllm_plugin.model:{name}")

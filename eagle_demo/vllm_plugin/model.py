@@ -18,6 +18,10 @@ from vllm.multimodal.parse import ImageProcessorItems, ImageSize, VideoProcessor
 from vllm.multimodal.processing import BaseProcessingInfo, PromptReplacement, PromptUpdateDetails
 
 from .. import preprocessing
+from ..model import loading
+from ..model.config import vision_from_dict
+from ..model.convnext import MobTower
+from ..model.eagle2 import projector, tower_features, vision_tower
 
 PLACEHOLDERS = {"image": "<image>", "video": "<video>"}  # what vLLM's chat template writes per item
 
@@ -189,3 +193,49 @@ class Eagle2ForVllm(Eagle2_5_VLForConditionalGeneration):
             kwargs = {"pixel_values_flat": kwargs["pixel_values_flat_video"],
                       "image_num_patches": kwargs["video_num_patches"], "image_token_id": kwargs["video_token_id"]}
         return super().embed_multimodal(**kwargs)
+
+
+@MULTIMODAL_REGISTRY.register_processor(Eagle2MultiModalProcessor, info=Eagle2ProcessingInfo,
+                                        dummy_inputs=Eagle2DummyInputsBuilder)
+class Eagle2ChatForVllm(Eagle2ForVllm):
+    """The `eagle_chat` layout. Its 1B/2B are Eagle2ForVllm under another name; the 9B's SigLIP +
+    ConvNeXt mixture is this project's tower and projector (eagle_demo.model), with vLLM's Qwen2."""
+
+    def _mob(self, config) -> tuple | None:
+        mixture = getattr(config, "mob_vision_config", None)
+        return vision_from_dict(mixture) if mixture else None
+
+    def _init_vision_model(self, config, quant_config, prefix: str):
+        mob = self._mob(config)
+        return vision_tower(*mob) if mob else super()._init_vision_model(config, quant_config, prefix)
+
+    def _init_mlp1(self, config):
+        mob = self._mob(config)
+        if mob is None:
+            return super()._init_mlp1(config)
+        return projector(*mob, self.downsample_ratio, config.text_config.hidden_size)
+
+    def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.vision_model, MobTower):
+            return super().extract_feature(pixel_values)
+        return self.mlp1(tower_features(self.vision_model, pixel_values, self.downsample_ratio))
+
+    def load_weights(self, weights):
+        """The 9B's tower keys named as eagle_demo.model.loading names them (their order in the
+        checkpoint tells which tower is which), the towers' heads skipped. Only the towers' tensors
+        wait for that; the language model's load as they come."""
+        if not isinstance(self.vision_model, MobTower):
+            return super().load_weights(weights)
+        towers = []
+
+        def all_but_towers():
+            for key, tensor in weights:
+                if key.startswith(loading.MOB_TOWERS + "."):
+                    towers.append((key, tensor))
+                else:
+                    yield key, tensor
+
+        loaded = super().load_weights(all_but_towers())
+        prefixes = loading.mob_key_prefixes(loading.detect_mob_order(key for key, _ in towers))
+        renamed = ((loading.to_model_key(key, prefixes), tensor) for key, tensor in towers)
+        return loaded | super().load_weights((key, tensor) for key, tensor in renamed if key is not None)
