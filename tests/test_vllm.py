@@ -276,3 +276,19 @@ def test_what_the_server_refuses_is_said_to_the_user(problem, front_end, tmp_pat
         list(model.chat([question], SYSTEM, GREEDY))
     assert str(refused.value) == expected.format(model="Eagle2-9B")
     assert list(menu.engine(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # and it goes on serving
+
+
+def test_a_server_that_went_down_is_named_and_the_app_goes_on(front_end, server):
+    """Last here (it stops the module's server): the user is told the server does not answer, with
+    no traceback, and the app goes on serving its page and its next question."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, _ = front_end
+    server.stop()
+    client = Client(url, verbose=False, analytics_enabled=False)
+    for _ in range(2):
+        with pytest.raises(AppError) as failed:
+            client.predict("Hello", [], None, [], SYSTEM, 1, 8, 0, 1.0, 8, 1.0, 0, None, SERVED, None, api_name="/chat")
+        assert "does not answer" in str(failed.value) and "Traceback" not in str(failed.value)
+    assert httpx.get(url, timeout=30).status_code == 200
