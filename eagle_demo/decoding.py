@@ -137,6 +137,8 @@ def sample_next(logits: torch.Tensor, generated: torch.Tensor, s: GenerationSett
     if s.temperature <= 0:
         return logits.argmax()
     k = s.top_k if 0 < s.top_k < logits.shape[-1] else logits.shape[-1]
+    if k == logits.shape[-1] and s.top_p >= 1.0:  # nothing cut: no sort of the whole vocabulary (151,674 ids)
+        return torch.multinomial((logits / s.temperature).softmax(-1), 1, generator=generator)[0]
     values, ids = torch.topk(logits, k)  # sorted, highest first; dividing by T after keeps the order
     probs = (values / s.temperature).softmax(-1)
     if s.top_p < 1.0:

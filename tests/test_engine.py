@@ -167,6 +167,17 @@ def test_sampling_rules():
     assert {int(sample_next(logits, generated, top2)) for _ in range(60)} == {1, 2}
 
 
+def test_sampling_with_nothing_cut_draws_from_the_whole_vocabulary_as_generate_does():
+    """top_k off and top_p 1: one draw over the softmax in vocabulary order, as transformers' generate
+    draws (no sort of the whole vocabulary first: half the decode time of a 151,674-id vocabulary)."""
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(1))
+    s = GenerationSettings(temperature=0.7, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    ours, theirs = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    for _ in range(20):
+        expected = torch.multinomial((logits / 0.7).softmax(-1), 1, generator=theirs)[0]
+        assert int(sample_next(logits, torch.tensor([], dtype=torch.long), s, ours)) == int(expected)
+
+
 def test_generation_resumes_on_other_threads(engine):
     """Gradio may call next() on a streaming generator from a different worker thread each time."""
     gen = iter(engine.chat([Message("user", "Hi")], "", GREEDY))
