@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,7 @@ from tests.media_factory import make_video
 
 VENV = Path(os.environ.get("VLLM_VENV") or ROOT / ".vllm-venv")
 SERVED = "eagle2-small"
+SERVER_CONTEXT = 8192  # --max-model-len
 SERVER_MAX_IMAGES = 3  # fewer than the app's own limit: the server's refusal must reach the user
 HUB_PROCESSOR_FILES = ("chat_template.json", "preprocessor_config.json", "processor_config.json")
 SYSTEM = "You are a helpful assistant."
@@ -58,7 +60,7 @@ def served_checkpoint(folder: Path, **layout) -> Path:
 def vllm_serving(checkpoint: Path, log: Path, *options: str):
     """vLLM's OpenAI server for the checkpoint, started as README says: no --trust-remote-code
     (eager: torch.compile's warm-up would add most of a minute to each start, and computes the same)."""
-    served = VllmServer(VENV, checkpoint, 8192, log, timeout_s=600, preload=True, served_name=SERVED,
+    served = VllmServer(VENV, checkpoint, SERVER_CONTEXT, log, timeout_s=600, preload=True, served_name=SERVED,
                         options=("--trust-request-mm-kwargs", "--enforce-eager", *options))
     try:
         served.wait_ready()
@@ -95,15 +97,16 @@ def picture(folder: Path, name: str, width: int, height: int, seed: int) -> str:
     return str(path)
 
 
-def served_greedy(server, messages: list[Message], full_length: bool = True) -> dict:
+def served_greedy(server, messages: list[Message], full_length: bool = True,
+                  settings: GenerationSettings = GREEDY) -> dict:
     """vLLM's greedy answer to the conversation, sent as the app's server client sends it (images as
     PNG data URLs, videos as their sampled frames and times), with its token ids (`full_length`:
     past end tokens, and with them in the text)."""
-    request = ServerRequest.of(messages, SYSTEM, GREEDY.num_frames, LIMITS)
+    request = ServerRequest.of(messages, SYSTEM, settings.num_frames, LIMITS)
     reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=600, json={
-        "model": SERVED, "messages": request.messages, "temperature": 0, "max_tokens": GREEDY.max_new_tokens,
+        "model": SERVED, "messages": request.messages, "temperature": 0, "max_tokens": settings.max_new_tokens,
         "ignore_eos": full_length, "return_token_ids": True, "skip_special_tokens": not full_length,
-        "mm_processor_kwargs": {"max_dynamic_patch": GREEDY.max_tiles, "video_timestamps": request.video_timestamps},
+        "mm_processor_kwargs": {"max_dynamic_patch": settings.max_tiles, "video_timestamps": request.video_timestamps},
         "media_io_kwargs": {"video": {"num_frames": -1}}})
     assert reply.status_code == 200, reply.text
     return reply.json()
@@ -113,12 +116,14 @@ def clip(folder: Path, name: str, frames: int = 40, size: tuple[int, int] = (320
     return str(make_video(folder / f"{name}.mp4", frames=frames, size=size, fps=10))
 
 
-def assert_served_as_the_engine_serves(server, engine, messages: list[Message]) -> None:
-    ours = engine.chat(messages, SYSTEM, GREEDY)
+def assert_served_as_the_engine_serves(server, engine, messages: list[Message], settings=GREEDY):
+    """The same prompt ids and greedy tokens; returns the engine's answer."""
+    ours = engine.chat(messages, SYSTEM, settings)
     list(ours)
-    theirs = served_greedy(server, messages)
+    theirs = served_greedy(server, messages, settings=settings)
     assert theirs["prompt_token_ids"] == [int(i) for i in ours.prompt_token_ids]
     assert theirs["choices"][0]["token_ids"] == list(ours.token_ids)
+    return ours
 
 
 CASES = {  # (width, height) of each image of the question; 1280x720 at 6 tiles: 7 tiles here, 3 by InternVL's rule
@@ -155,6 +160,19 @@ def test_labels_count_the_frames_of_videos_before_an_image(server, engine, tmp_p
              Message("user", "And now?", [picture(tmp_path, "b", 300, 500, seed=8)],
                      video=clip(tmp_path, "two", frames=73, size=(160, 120)))]
     assert_served_as_the_engine_serves(server, engine, turns)
+
+
+def test_tiles_are_lowered_to_fit_the_servers_context_as_the_engine_lowers_them(server, checkpoint, tmp_path):
+    """Three 16:9 images at 12 tiles (13 each, 9,984 tokens) do not fit vLLM's 8,192-token context:
+    the server lowers Max tiles by 2 until they do (8: 6,912 tokens), as the engine does in its own."""
+    limits = replace(LIMITS, context_tokens=SERVER_CONTEXT)
+    engine = Engine(str(checkpoint), device="cpu", dtype="float32", limits=limits)
+    engine.load()
+    engine.stop_ids = set()
+    images = [picture(tmp_path, f"wide-{i}", 1280, 720, seed=i) for i in range(3)]
+    question = Message("user", "Compare them.", images)
+    ours = assert_served_as_the_engine_serves(server, engine, [question], replace(GREEDY, max_tiles=12))
+    assert ours.num_tiles == [9, 9, 9]
 
 
 @pytest.mark.parametrize("layout", ["eagle_chat 1B/2B", "eagle_chat 9B (SigLIP + ConvNeXt)"])

@@ -31,22 +31,32 @@ class Eagle2ImageProcessor:
     SigLIP's normalisation, the thumbnail; a video's frames one tile each (an HF-processor-like
     callable, as vLLM calls one)."""
 
-    def __init__(self, tokenizer, config):
+    def __init__(self, tokenizer, config, context_tokens: int):
         self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
         self.ctx_image_token_id = self.tokens.img_context  # read by InternVL's processor base
         self.tile_size, self.max_tiles = config.force_image_size, config.max_dynamic_patch
         self.use_thumbnail, self.tokens_per_tile = config.use_thumbnail, config.tokens_per_tile
+        self.dynamic, self.context_tokens = config.dynamic_image_size, context_tokens
 
-    def num_tiles(self, width: int, height: int, max_tiles: int | None = None) -> int:
-        return preprocessing.count_tiles(width, height, max_tiles or self.max_tiles, self.tile_size,
-                                         self.use_thumbnail)
+    def fitted_max_tiles(self, sizes: list[tuple[int, int]], num_frames: int, requested: int | None) -> int:
+        """The engine's rule for a prompt's images of `sizes` beside `num_frames` frames: the request's
+        Max tiles (else the config's; 1 without dynamic tiling), lowered by 2 while all tiles together
+        would fill the server's context (its --max-model-len)."""
+        requested = (requested or self.max_tiles) if self.dynamic else 1
+        return preprocessing.fit_tiles_to_context(sizes, num_frames, requested, self.context_tokens, self.tile_size,
+                                                  self.tokens_per_tile, self.use_thumbnail)
+
+    def num_tiles(self, width: int, height: int, max_tiles: int) -> int:
+        return preprocessing.count_tiles(width, height, max_tiles, self.tile_size, self.use_thumbnail)
 
     def __call__(self, text=None, images=None, videos=None, max_dynamic_patch: int | None = None,
                  return_tensors=None, **kwargs) -> BatchFeature:
         out = {}
         if images:
-            tiles = [preprocessing.tile_image(image, max_dynamic_patch or self.max_tiles, self.tile_size,
-                                              self.use_thumbnail) for image in images]
+            max_tiles = self.fitted_max_tiles([image.size for image in images],
+                                              sum(len(video) for video in videos or []), max_dynamic_patch)
+            tiles = [preprocessing.tile_image(image, max_tiles, self.tile_size, self.use_thumbnail)
+                     for image in images]
             out |= {"pixel_values_flat": torch.cat(tiles), "image_num_patches": torch.tensor([len(t) for t in tiles])}
         if videos:
             frames = [[_as_image(frame) for frame in video] for video in videos]
@@ -62,7 +72,7 @@ def _as_image(frame) -> Image.Image:
 
 class Eagle2ProcessingInfo(BaseProcessingInfo):
     def get_hf_processor(self, **kwargs) -> Eagle2ImageProcessor:
-        return Eagle2ImageProcessor(self.get_tokenizer(), self.get_hf_config())
+        return Eagle2ImageProcessor(self.get_tokenizer(), self.get_hf_config(), self.ctx.model_config.max_model_len)
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": None, "video": None}
@@ -118,16 +128,21 @@ class Eagle2MultiModalProcessor(BaseInternVLMultiModalProcessor[Eagle2Processing
         _apply_prompt_updates)."""
         processor = self.info.get_hf_processor()
         tokenizer = self.info.get_tokenizer()
-        max_tiles = hf_processor_mm_kwargs.get("max_dynamic_patch")
+        images = mm_items.get_items("image", ImageProcessorItems) if mm_items.get_count("image", strict=False) else None
+        videos = mm_items.get_items("video", VideoProcessorItems) if mm_items.get_count("video", strict=False) else None
+        sizes = [images.get_image_size(i) for i in range(images.get_count())] if images else []
+        frames = sum(videos.get_num_frames(i) for i in range(videos.get_count())) if videos else 0
+        max_tiles = processor.fitted_max_tiles([(s.width, s.height) for s in sizes], frames,
+                                               hf_processor_mm_kwargs.get("max_dynamic_patch"))
 
         def image(index: int) -> PromptUpdateDetails:
-            size = mm_items.get_items("image", ImageProcessorItems).get_image_size(index)
+            size = sizes[index]
             run = preprocessing.visual_run(processor.tokens, processor.num_tiles(size.width, size.height, max_tiles),
                                            processor.tokens_per_tile)
             return PromptUpdateDetails.select_token_id(run, processor.tokens.img_context)
 
         def video(index: int) -> PromptUpdateDetails:
-            times = video_timestamps(mm_items.get_items("video", VideoProcessorItems), index, hf_processor_mm_kwargs)
+            times = video_timestamps(videos, index, hf_processor_mm_kwargs)
             ids = tokenizer.encode(preprocessing.VIDEO_INTRO, add_special_tokens=False)
             for i, seconds in enumerate(times, 1):
                 line = ("\n" if i > 1 else "") + preprocessing.frame_label(i, seconds)
