@@ -52,5 +52,5 @@ def test_autoconfig_reads_every_layout_without_remote_code(tmp_path):
     layouts = {"current": {}, "older": {"layout": "eagle_chat"}, "9b": {"layout": "eagle_chat", "mob": True}}
     for name, layout in layouts.items():
         folder = write_tiny_checkpoint(tmp_path / name, size="small", **layout)
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(folder)  # unregistered, it would ask on stdin to run the hub code
         assert type(config) is (Eagle2ChatVllmConfig if layout else Eagle2VllmConfig)
