@@ -25,8 +25,8 @@ UNREACHABLE = ("The model server at {host} does not answer. Check that it runs a
 REFUSED = ("The model server refused this message: it holds more than the server takes (images per message, "
            "or its context length). Send fewer images, or lower Max tiles, and try again.")
 NOT_SERVED = "The model server does not serve {model} now. Pick another model, or reload the page."
-TILE_SIZE = 448  # every Eagle2 checkpoint's tile (force_image_size): video frames are sent at it
 FAILED = "The model server failed on this answer. Try again; if it goes on failing, its log says why."
+TILE_SIZE = 448  # every Eagle2 checkpoint's tile (force_image_size): video frames are sent at it
 
 
 class ServerError(ValueError):
@@ -87,22 +87,21 @@ class ServerModel:
         return ServerAnswer(self, request, settings, cancel or threading.Event(), progress)
 
 
+def _png_base64(image, compress_level: int) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def image_url(path: str, limits: Limits) -> str:
     """The image as media.py opens it (checked, upright, RGB), as a lossless PNG data URL."""
-    buffer = io.BytesIO()
-    media.open_image(path, limits).save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + _png_base64(media.open_image(path, limits), compress_level=1)
 
 
 def video_url(clip: media.VideoClip) -> str:
     """A clip's frames as vLLM's frame-list video: lossless PNGs (PIL reads them whatever type the URL
     names) after `data:video/jpeg;base64,`, comma-separated."""
-    frames = []
-    for frame in clip.frames:
-        buffer = io.BytesIO()
-        frame.save(buffer, format="PNG")
-        frames.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return "data:video/jpeg;base64," + ",".join(frames)
+    return "data:video/jpeg;base64," + ",".join(_png_base64(frame, compress_level=6) for frame in clip.frames)
 
 
 @dataclass
@@ -135,7 +134,6 @@ class ServerAnswer:
     """Iterate for the answer's text deltas, streamed from the server; afterwards, like the engine's
     Generation: text, token ids, finish reason and timings. Cancelling (or closing) closes the stream,
     and vLLM aborts a request whose client went away."""
-
 
     def __init__(self, model: ServerModel, request: ServerRequest, settings: GenerationSettings,
                  cancel: threading.Event, progress: Callable[[str], None] | None):

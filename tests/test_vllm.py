@@ -82,12 +82,16 @@ def server(checkpoint, tmp_path_factory):
         yield served
 
 
-@pytest.fixture(scope="module")
-def engine(checkpoint) -> Engine:
-    engine = Engine(str(checkpoint), device="cpu", dtype="float32")
+def loaded_engine(checkpoint: Path, limits=LIMITS) -> Engine:
+    engine = Engine(str(checkpoint), device="cpu", dtype="float32", limits=limits)
     engine.load()
     engine.stop_ids = set()  # random weights may write an end token at any step: compare the full length
     return engine
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint) -> Engine:
+    return loaded_engine(checkpoint)
 
 
 def picture(folder: Path, name: str, width: int, height: int, seed: int) -> str:
@@ -165,10 +169,7 @@ def test_labels_count_the_frames_of_videos_before_an_image(server, engine, tmp_p
 def test_tiles_are_lowered_to_fit_the_servers_context_as_the_engine_lowers_them(server, checkpoint, tmp_path):
     """Three 4:3 images at 12 tiles (13 each: 9,984 tokens) do not fit vLLM's 8,192-token context:
     the server lowers Max tiles by 2 until they do (10: 7 each, 5,376 tokens), as the engine does."""
-    limits = replace(LIMITS, context_tokens=SERVER_CONTEXT)
-    engine = Engine(str(checkpoint), device="cpu", dtype="float32", limits=limits)
-    engine.load()
-    engine.stop_ids = set()
+    engine = loaded_engine(checkpoint, replace(LIMITS, context_tokens=SERVER_CONTEXT))
     images = [picture(tmp_path, f"photo-{i}", 1344, 1008, seed=i) for i in range(3)]
     question = Message("user", "Compare them.", images)
     ours = assert_served_as_the_engine_serves(server, engine, [question], replace(GREEDY, max_tiles=12))
@@ -181,9 +182,7 @@ def test_the_9b_layout_is_served_as_the_engine_serves_it(tmp_path):
     engine does. (The same layout with SigLIP alone, as early 1B/2B revisions, reaches vLLM as the
     current one: tests/test_vllm_config.py; one vLLM start less, about a minute.)"""
     checkpoint = served_checkpoint(tmp_path, layout="eagle_chat", mob=True)
-    engine = Engine(str(checkpoint), device="cpu", dtype="float32")
-    engine.load()
-    engine.stop_ids = set()
+    engine = loaded_engine(checkpoint)
     question = Message("user", "Compare them.", [picture(tmp_path, "wide", 1280, 720, seed=1),
                                                  picture(tmp_path, "tall", 300, 600, seed=2)], clip(tmp_path, "v"))
     with vllm_serving(checkpoint, tmp_path / "serve.log") as server:
