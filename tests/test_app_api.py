@@ -9,6 +9,7 @@ import re
 import time
 
 import pytest
+import torch
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
@@ -16,7 +17,7 @@ from tests.conftest import ASSETS, ROOT, serve_app, stream, wait_until_serving
 
 
 def test_chat_history_becomes_the_models_conversation():
-    from eagle_demo import conversation as chat
+    from eagle_demo import chat_history as chat
     from eagle_demo.conversation import Message
 
     history = [
@@ -134,6 +135,24 @@ def test_corrupt_upload_gives_a_clear_message_and_the_next_request_works(client,
     assert "video" in str(caught.value).lower() or "clip.mp4" in str(caught.value)
 
     answer = client.predict("What is this?", [handle_file(str(ASSETS / "chart.png"))], **FAST, api_name="/chat")
+    assert answer.strip()
+
+
+def test_out_of_gpu_memory_is_told_with_what_to_change_and_the_next_request_works(client, app_server):
+    """The language model fails as a GPU out of memory does (a forward hook, PyTorch's public seam):
+    the user reads the advice, not the reference message of an unexpected failure."""
+    def out_of_memory(module, args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = app_server.engine.model.language_model.register_forward_pre_hook(out_of_memory)
+    try:
+        with pytest.raises(AppError) as caught:
+            client.predict("What is this?", [handle_file(str(ASSETS / "scene.jpg"))], **FAST, api_name="/chat")
+    finally:
+        hook.remove()
+    assert str(caught.value).startswith("The GPU ran out of memory for this request. Try fewer image tiles")
+    assert "reference" not in str(caught.value) and "CUDA" not in str(caught.value)
+    answer = client.predict("What is this?", [handle_file(str(ASSETS / "scene.jpg"))], **FAST, api_name="/chat")
     assert answer.strip()
 
 

@@ -2,7 +2,7 @@
 the app as its front end (`--server`).
 
 Skipped where that virtualenv (VLLM_VENV, default .vllm-venv beside this checkout's root, as .ci/run
-makes it) or the real Eagle2 tokenizer (../shared/reference, for its chat template) is absent. vLLM's
+makes it) is absent. vLLM's
 CPU attention needs head_dim 32 to 512: the `small` random checkpoint, not `tiny`.
 """
 
@@ -22,8 +22,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.bench_vllm_cpu import VllmServer
-from benchmarks.common import REAL_TOKENIZER
 from eagle_demo.config import LIMITS, GenerationSettings
 from eagle_demo.conversation import Message
 from eagle_demo.engine import Engine
@@ -31,6 +29,8 @@ from eagle_demo.server_client import ServerRequest
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT, free_port
 from tests.media_factory import make_video
+from tests.support import REAL_TOKENIZER
+from tests.vllm_server import VllmServer
 
 VENV = Path(os.environ.get("VLLM_VENV") or ROOT / ".vllm-venv")
 SERVED = "eagle2-small"
@@ -43,7 +43,6 @@ GREEDY = GenerationSettings(max_tiles=6, num_frames=6, temperature=0, top_p=1.0,
 
 pytestmark = [
     pytest.mark.skipif(not (VENV / "bin" / "python").is_file(), reason=f"no vLLM virtualenv at {VENV}"),
-    pytest.mark.skipif(not REAL_TOKENIZER.is_dir(), reason="the real Eagle2 tokenizer (../shared) is absent"),
 ]
 
 
@@ -236,7 +235,7 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
     _, menu = front_end
     settings = GenerationSettings(temperature=1.0, top_k=3, max_new_tokens=4000, seed=0)
     cancel = threading.Event()
-    answer = menu.engine(SERVED).chat([Message("user", "Tell me a long story.")], SYSTEM, settings, cancel=cancel)
+    answer = menu.model(SERVED).chat([Message("user", "Tell me a long story.")], SYSTEM, settings, cancel=cancel)
     deltas = iter(answer)
     next(deltas)
     assert running_requests(server) == 1
@@ -247,7 +246,7 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
         time.sleep(0.2)
     assert running_requests(server) == 0 and answer.finish_reason == "cancelled"
     assert len(answer.token_ids) < 4000
-    assert list(menu.engine(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # the server is free
+    assert list(menu.model(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # the server is free
 
 
 def test_with_concurrency_two_users_are_answered_at_once(front_end, server):
@@ -286,13 +285,13 @@ def test_what_the_server_refuses_is_said_to_the_user(problem, front_end, tmp_pat
     _, menu = front_end
     images = [picture(tmp_path, f"many-{i}", 64, 64, seed=i) for i in range(SERVER_MAX_IMAGES + 1)]
     if problem == "too many images":
-        model, question, expected = menu.engine(SERVED), Message("user", "Compare them.", images), REFUSED
+        model, question, expected = menu.model(SERVED), Message("user", "Compare them.", images), REFUSED
     else:
         model, question, expected = ServerModel(menu, "Eagle2-9B"), Message("user", "Hello"), NOT_SERVED
     with pytest.raises(ServerError) as refused:
         list(model.chat([question], SYSTEM, GREEDY))
     assert str(refused.value) == expected.format(model="Eagle2-9B")
-    assert list(menu.engine(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # and it goes on serving
+    assert list(menu.model(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # and it goes on serving
 
 
 def test_a_server_that_went_down_is_named_and_the_app_goes_on(front_end, server):
