@@ -510,10 +510,8 @@ class Generation:
 
 def _max_tiles(cfg, sizes: list[tuple[int, int]], frames: int, settings: GenerationSettings, context: int) -> int:
     """The tiles per image of a conversation with images of `sizes` and `frames` video frames."""
-    requested = settings.max_tiles if cfg.dynamic_image_size else 1  # a checkpoint without tiling: one tile
-    return preprocessing.fit_tiles_to_context(sizes, frames, requested, tile_size=cfg.tile_size,
-                                              tokens_per_tile=cfg.tokens_per_tile, use_thumbnail=cfg.use_thumbnail,
-                                              context_tokens=context)
+    return preprocessing.fit_tiles_to_context(sizes, frames, settings.max_tiles, context, cfg.tile_size,
+                                              cfg.tokens_per_tile, cfg.use_thumbnail, cfg.dynamic_image_size)
 
 
 def _signature(prompt: preprocessing.Prompt, img_context: int) -> list:
