@@ -45,7 +45,7 @@ def _choices(benchmark: Benchmark, record: dict) -> tuple[dict[str, str], str]:
     if "MMMU" in benchmark.name:
         if "A" not in choices:
             choices = {"A": truth, "B": "Other Answers", **{k: v for k, v in choices.items() if k not in "AB"}}
-        if truth not in string.ascii_uppercase or not truth:
+        if truth not in set(string.ascii_uppercase):
             truth = "A"
     return choices, truth
 
