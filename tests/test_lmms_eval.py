@@ -1,0 +1,124 @@
+"""The real lmms-eval (in its own virtualenv: it pins av<16, the app needs av>=18) runs `--model eagle2`,
+which this package registers through lmms-eval's `lmms_eval.models` entry point, end to end on a local
+task: a small dataset the test makes, saved with `datasets`' save_to_disk as lmms-eval keeps its data.
+
+Skipped where that virtualenv (LMMS_VENV, default .lmms-venv beside this checkout's root, as .ci/run
+makes it) or the real Eagle2 tokenizer (../shared/reference) is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks.common import REAL_TOKENIZER
+from eagle_demo.evaluation.backends import NativeBackend, prepare_images
+from eagle_demo.evaluation.presets import benchmark
+from eagle_demo.tiny import write_tiny_checkpoint
+from tests.conftest import ROOT
+from tests.eval_data import picture
+
+VENV = Path(os.environ.get("LMMS_VENV") or ROOT / ".lmms-venv")
+# lets torchvision's CUDA-built wheel (an lmms-eval dependency) import beside the CPU torch
+SHIM = ROOT / "tests" / "vllm_shim"
+QUESTIONS = [("What is the value of bar 1?", "10"), ("What is the value of bar 2?", "20"),
+             ("What is the value of bar 3?", "30")]
+SIZES = [(300, 600), (350, 400), (640, 300)]
+SUFFIX = "\nAnswer the question using a single word or phrase."
+NEW_TOKENS = 6
+
+pytestmark = [
+    pytest.mark.skipif(not (VENV / "bin" / "python").is_file(), reason=f"no lmms-eval virtualenv at {VENV}"),
+    pytest.mark.skipif(not REAL_TOKENIZER.is_dir(), reason="the real Eagle2 tokenizer (../shared) is absent"),
+]
+
+SAVE_DATASET = """
+import sys
+from datasets import Dataset, DatasetDict, Features, Image, Value
+from PIL import Image as PIL
+out, *rows = sys.argv[1:]
+rows = [row.split("|") for row in rows]
+features = Features({"question": Value("string"), "answer": Value("string"), "image": Image()})
+test = Dataset.from_dict({"question": [q for q, a, p in rows], "answer": [a for q, a, p in rows],
+                          "image": [PIL.open(p) for q, a, p in rows]}, features=features)
+DatasetDict({"test": test}).save_to_disk(out)
+"""
+
+TASK = """task: eagle2_local_chartqa
+dataset_path: {data}
+dataset_kwargs:
+  load_from_disk: true
+test_split: test
+output_type: generate_until
+doc_to_visual: !function task_utils.doc_to_visual
+doc_to_text: !function task_utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 16
+process_results: !function task_utils.process_results
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+TASK_UTILS = f"""
+def doc_to_visual(doc):
+    return [doc["image"].convert("RGB")]
+
+
+def doc_to_text(doc):
+    return doc["question"] + {SUFFIX!r}
+
+
+def process_results(doc, results):
+    return {{"exact_match": float(results[0].strip() == doc["answer"])}}
+"""
+
+
+def in_venv(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SHIM), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([str(VENV / "bin" / "python"), *args], capture_output=True, text=True, env=env,
+                          timeout=600, **kwargs)
+
+
+def test_lmms_eval_runs_eagle2_on_a_local_task_as_eval_run_answers(tmp_path):
+    model = write_tiny_checkpoint(tmp_path / "small", tokenizer_dir=REAL_TOKENIZER, size="small")
+    images = []
+    for i, (width, height) in enumerate(SIZES):
+        images.append(tmp_path / f"bar-{i}.png")
+        picture(width, height, seed=i, text=QUESTIONS[i][1]).save(images[-1])
+    rows = [f"{q}|{a}|{p}" for (q, a), p in zip(QUESTIONS, images)]
+    made = in_venv("-c", SAVE_DATASET, str(tmp_path / "data"), *rows)
+    assert made.returncode == 0, made.stderr
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "eagle2_local_chartqa.yaml").write_text(TASK.format(data=tmp_path / "data"))
+    (tasks / "task_utils.py").write_text(TASK_UTILS)
+
+    done = in_venv("-m", "lmms_eval", "--model", "eagle2", "--model_args",
+                   f"pretrained={model},benchmark=ChartQA_TEST,max_new_tokens={NEW_TOKENS},device=cpu",
+                   "--tasks", "eagle2_local_chartqa", "--include_path", str(tasks), "--limit", "2",
+                   "--batch_size", "1", "--output_path", str(tmp_path / "out"), "--log_samples", cwd=tmp_path)
+    found = sorted((tmp_path / "out").rglob("*_results.json")) if (tmp_path / "out").is_dir() else []
+    # lmms-eval logs a failed evaluation and exits 0 all the same: the results file tells
+    assert done.returncode == 0 and found, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(found[0].read_text())
+    assert "exact_match,none" in results["results"]["eagle2_local_chartqa"]
+    samples = [json.loads(line) for line in next((tmp_path / "out").rglob("*samples_eagle2_local_chartqa*.jsonl"))
+               .read_text().splitlines()]
+    assert len(samples) == 2  # --limit 2
+
+    # the same preset (12 tiles, upscaled, greedy) through this package's own path gives the same answers
+    preset = benchmark("ChartQA_TEST")
+    backend = NativeBackend(str(model), device="cpu", dtype="float32")
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        question, _ = QUESTIONS[sample["doc_id"]]
+        paths = prepare_images([Image.open(images[sample["doc_id"]])], preset.upscaled, tmp_path)
+        ours = backend.answer(question + SUFFIX, paths, preset.settings(NEW_TOKENS))
+        assert sample["input"] == question + SUFFIX and sample["filtered_resps"] == ours.text
