@@ -134,10 +134,10 @@ def test_records_hold_the_prompt_of_the_preset(name, sizes, max_tiles, model, tm
 
 
 def test_ctrl_c_keeps_what_is_done_and_a_rerun_answers_the_rest(model, tmp_path):
-    data = write_tsv(tmp_path / "ChartQA_TEST.tsv", chartqa_rows([(64 + 8 * i, 48) for i in range(8)]))
+    data = write_tsv(tmp_path / "ChartQA_TEST.tsv", chartqa_rows([(64 + 8 * i, 48) for i in range(9)]))
     out = tmp_path / "results"
     command = [sys.executable, "-m", "eagle_demo", "eval", "run", "--benchmark", "ChartQA_TEST", "--data", str(data),
-               "--model", str(model), "--out", str(out), "--max-new-tokens", "12"]
+               "--model", str(model), "--out", str(out), "--max-new-tokens", "12", "--limit", "8"]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = out / "ChartQA_TEST.jsonl"
     deadline = time.monotonic() + 120

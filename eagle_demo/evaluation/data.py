@@ -62,8 +62,7 @@ def _missing(value) -> bool:
 
 def _as_list(value: str) -> list[str]:
     """VLMEvalKit's toliststr: a cell that spells a list is that list of strings."""
-    parsed = answers(value)
-    return parsed if value.lstrip().startswith("[") else [value]
+    return answers(value) if value.lstrip().startswith("[") else [value]
 
 
 def stored_like_vlmevalkit(encoded: str, name: str) -> Image.Image:

@@ -166,6 +166,9 @@ def _hallusion_metrics(scored: list[tuple[dict, float]]) -> dict[str, float]:
     figures, questions = defaultdict(list), defaultdict(list)
     for record, score in scored:
         parts = str(record["index"]).split("_")
+        if len(parts) < 6:
+            raise ScoringError(f"HallusionBench index {record['index']!r} lacks its set, figure and question ids "
+                               "(VLMEvalKit's indices have six parts separated by '_').")
         category = record.get("l2-category", "")
         figures[(category, parts[3], parts[4])].append(score)
         questions[(category, parts[3], parts[5])].append(score)

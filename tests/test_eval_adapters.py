@@ -1,6 +1,10 @@
-"""The real lmms-eval (in its own virtualenv: it pins av<16, the app needs av>=18) runs `--model eagle2`,
-which this package registers through lmms-eval's `lmms_eval.models` entry point, end to end on a local
-task: a small dataset the test makes, saved with `datasets`' save_to_disk as lmms-eval keeps its data.
+"""The real lmms-eval and the real VLMEvalKit answering with Eagle2 through this package's adapters.
+
+Both live in one virtualenv of their own (lmms-eval pins av<16, the app needs av>=18): lmms-eval runs
+`--model eagle2`, which this package registers through its `lmms_eval.models` entry point, end to end
+on a local task (a small dataset the test saves with `datasets`' save_to_disk, as lmms-eval keeps its
+data); VLMEvalKit (the `nvidia-vlmeval` release) runs its own inference loop on a local TSV with the
+model class registered by the two lines docs/eval.md gives. Each answers as `eval run` does.
 
 Skipped where that virtualenv (LMMS_VENV, default .lmms-venv beside this checkout's root, as .ci/run
 makes it) or the real Eagle2 tokenizer (../shared/reference) is absent.
@@ -81,14 +85,20 @@ def process_results(doc, results):
 """
 
 
-def in_venv(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(SHIM), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+def in_venv(*args: str, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SHIM), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           **(env_extra or {})}
     return subprocess.run([str(VENV / "bin" / "python"), *args], capture_output=True, text=True, env=env,
                           timeout=600, **kwargs)
 
 
-def test_lmms_eval_runs_eagle2_on_a_local_task_as_eval_run_answers(tmp_path):
-    model = write_tiny_checkpoint(tmp_path / "small", tokenizer_dir=REAL_TOKENIZER, size="small")
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("adapters") / "small", tokenizer_dir=REAL_TOKENIZER,
+                                 size="small")
+
+
+def test_lmms_eval_runs_eagle2_on_a_local_task_as_eval_run_answers(model, tmp_path):
     images = []
     for i, (width, height) in enumerate(SIZES):
         images.append(tmp_path / f"bar-{i}.png")
@@ -122,3 +132,45 @@ def test_lmms_eval_runs_eagle2_on_a_local_task_as_eval_run_answers(tmp_path):
         paths = prepare_images([Image.open(images[sample["doc_id"]])], preset.upscaled, tmp_path)
         ours = backend.answer(question + SUFFIX, paths, preset.settings(NEW_TOKENS))
         assert sample["input"] == question + SUFFIX and sample["filtered_resps"] == ours.text
+
+
+VLMEVALKIT_RUN = """
+import json, os, sys
+from functools import partial
+
+from vlmeval.config import supported_VLM
+from vlmeval.dataset import build_dataset
+from vlmeval.inference import infer_data_job
+from vlmeval.smp import load
+
+from eagle_demo.evaluation.vlmevalkit import Eagle2
+
+checkpoint, name, work = sys.argv[1:]
+supported_VLM["Eagle2-small"] = partial(Eagle2, model_path=checkpoint, device="cpu", dtype="float32",
+                                        max_new_tokens={tokens})
+infer_data_job("Eagle2-small", work_dir=work, model_name="Eagle2-small", dataset=build_dataset(name))
+data = load(os.path.join(work, f"Eagle2-small_{{name}}.xlsx"))
+print(json.dumps({{str(i): str(p) for i, p in zip(data["index"], data["prediction"])}}))
+"""
+
+
+def test_vlmevalkit_runs_the_registered_model_class_as_eval_run_answers(model, tmp_path):
+    """A local TSV (VLMEvalKit takes it for a custom VQA set; its name carries ChartQA_TEST's preset):
+    VLMEvalKit writes each image as {index}.jpg and asks the model class, whose answers equal those of
+    `eval run --benchmark ChartQA_TEST` on the same file."""
+    from eagle_demo.evaluation.data import read_tsv
+    from eagle_demo.evaluation.runner import run
+    from tests.eval_data import chartqa_rows, write_tsv
+
+    data = tmp_path / "data"
+    data.mkdir()
+    name = "Local_ChartQA_TEST"
+    tsv = write_tsv(data / f"{name}.tsv", chartqa_rows([(300, 600), (350, 400)]))
+    done = in_venv("-c", VLMEVALKIT_RUN.format(tokens=NEW_TOKENS), str(model), name, str(tmp_path / "work"),
+                   cwd=tmp_path, env_extra={"LMUData": str(data)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    theirs = json.loads(done.stdout.splitlines()[-1])
+    ours, _ = run(NativeBackend(str(model), device="cpu", dtype="float32"), benchmark("ChartQA_TEST"), read_tsv(tsv),
+                  tmp_path / "ours.jsonl", max_new_tokens=NEW_TOKENS)
+    # VLMEvalKit's spreadsheet reads an empty answer back as NaN
+    assert {str(r["index"]): r["prediction"] or "nan" for r in ours} == theirs
