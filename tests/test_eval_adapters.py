@@ -18,10 +18,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from benchmarks.common import REAL_TOKENIZER
-from eagle_demo.evaluation.backends import NativeBackend, prepare_images
+from eagle_demo.evaluation.backends import NativeBackend
 from eagle_demo.evaluation.presets import benchmark
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT
@@ -124,14 +123,18 @@ def test_lmms_eval_runs_eagle2_on_a_local_task_as_eval_run_answers(model, tmp_pa
                .read_text().splitlines()]
     assert len(samples) == 2  # --limit 2
 
-    # the same preset (12 tiles, upscaled, greedy) through this package's own path gives the same answers
-    preset = benchmark("ChartQA_TEST")
-    backend = NativeBackend(str(model), device="cpu", dtype="float32")
-    for sample in sorted(samples, key=lambda s: s["doc_id"]):
-        question, _ = QUESTIONS[sample["doc_id"]]
-        paths = prepare_images([Image.open(images[sample["doc_id"]])], preset.upscaled, tmp_path)
-        ours = backend.answer(question + SUFFIX, paths, preset.settings(NEW_TOKENS))
-        assert sample["input"] == question + SUFFIX and sample["filtered_resps"] == ours.text
+    # `eval run` on the same saved dataset folder (its reader needs `datasets`, which this environment has)
+    # asks with the same preset and gives the same answers
+    ours = in_venv("-m", "eagle_demo", "eval", "run", "--benchmark", "ChartQA_TEST", "--data", str(tmp_path / "data"),
+                   "--model", str(model), "--device", "cpu", "--limit", "2", "--max-new-tokens", str(NEW_TOKENS),
+                   "--out", str(tmp_path / "ours"), cwd=ROOT)
+    assert ours.returncode == 0, ours.stderr
+    lines = (tmp_path / "ours" / "ChartQA_TEST.jsonl").read_text().splitlines()
+    records = {r["index"]: r for r in map(json.loads, lines)}
+    for sample in samples:
+        record = records[sample["doc_id"]]  # no index column: the row number
+        assert sample["input"] == record["question"] == QUESTIONS[sample["doc_id"]][0] + SUFFIX
+        assert sample["filtered_resps"] == record["prediction"] and record["answer"] == sample["target"]
 
 
 VLMEVALKIT_RUN = """
