@@ -158,16 +158,16 @@ print(json.dumps({{str(i): str(p) for i, p in zip(data["index"], data["predictio
 
 
 def test_vlmevalkit_runs_the_registered_model_class_as_eval_run_answers(model, tmp_path):
-    """A local TSV (VLMEvalKit takes it for a custom VQA set; its name carries ChartQA_TEST's preset):
-    VLMEvalKit writes each image as {index}.jpg and asks the model class, whose answers equal those of
-    `eval run --benchmark ChartQA_TEST` on the same file."""
+    """A local TSV, which VLMEvalKit takes for a custom set (open-ended, as its name says; the name also
+    carries ChartQA_TEST's preset): VLMEvalKit writes each image as {index}.jpg and asks the model class,
+    whose answers equal those of `eval run --benchmark ChartQA_TEST` on the same file."""
     from eagle_demo.evaluation.data import read_tsv
     from eagle_demo.evaluation.runner import run
     from tests.eval_data import chartqa_rows, write_tsv
 
     data = tmp_path / "data"
     data.mkdir()
-    name = "Local_ChartQA_TEST"
+    name = "Local_ChartQA_TEST_openended"
     tsv = write_tsv(data / f"{name}.tsv", chartqa_rows([(300, 600), (350, 400)]))
     done = in_venv("-c", VLMEVALKIT_RUN.format(tokens=NEW_TOKENS), str(model), name, str(tmp_path / "work"),
                    cwd=tmp_path, env_extra={"LMUData": str(data)})
