@@ -149,6 +149,7 @@ from vlmeval.smp import load
 from eagle_demo.evaluation.vlmevalkit import Eagle2
 
 checkpoint, name, work = sys.argv[1:]
+os.makedirs(work, exist_ok=True)
 supported_VLM["Eagle2-small"] = partial(Eagle2, model_path=checkpoint, device="cpu", dtype="float32",
                                         max_new_tokens={tokens})
 infer_data_job("Eagle2-small", work_dir=work, model_name="Eagle2-small", dataset=build_dataset(name))
