@@ -31,7 +31,7 @@ VENV = Path(os.environ.get("LMMS_VENV") or ROOT / ".lmms-venv")
 SHIM = ROOT / "tests" / "vllm_shim"
 QUESTIONS = [("What is the value of bar 1?", "10"), ("What is the value of bar 2?", "20"),
              ("What is the value of bar 3?", "30")]
-SIZES = [(300, 600), (350, 400), (640, 300)]
+SIZES = [(350, 400), (358, 400), (366, 400)]  # 5 tiles each, enlarged
 SUFFIX = "\nAnswer the question using a single word or phrase."
 NEW_TOKENS = 6
 
@@ -169,7 +169,7 @@ def test_vlmevalkit_runs_the_registered_model_class_as_eval_run_answers(model, t
     data = tmp_path / "data"
     data.mkdir()
     name = "Local_ChartQA_TEST_openended"
-    tsv = write_tsv(data / f"{name}.tsv", chartqa_rows([(300, 600), (350, 400)]))
+    tsv = write_tsv(data / f"{name}.tsv", chartqa_rows([(350, 400), (358, 400)]))
     done = in_venv("-c", VLMEVALKIT_RUN.format(tokens=NEW_TOKENS), str(model), name, str(tmp_path / "work"),
                    cwd=tmp_path, env_extra={"LMUData": str(data)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

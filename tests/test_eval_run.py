@@ -96,8 +96,8 @@ def assert_progress_and_summary(done: subprocess.CompletedProcess, name: str, it
 
 
 @pytest.mark.parametrize("name,sizes,max_tiles", [
-    # (300, 900) tiles 4 as it is, 13 enlarged; DocVQA's 18 tiles: (300, 1150) 5 as it is, 17 enlarged
-    ("ChartQA_TEST", [[(300, 900)], [(350, 400), (300, 600)]], 12),
+    # (350, 400) tiles 1 as it is, 5 enlarged; (300, 600) 3 and 9; DocVQA's 18: (300, 1150) 5 and 17
+    ("ChartQA_TEST", [[(350, 400)], [(300, 600), (366, 400)]], 12),
     ("DocVQA_VAL", [[(300, 1150)]], 18),
 ])
 def test_records_hold_the_prompt_of_the_preset(name, sizes, max_tiles, model, tmp_path):
@@ -134,12 +134,12 @@ def test_records_hold_the_prompt_of_the_preset(name, sizes, max_tiles, model, tm
 
 
 def test_ctrl_c_keeps_what_is_done_and_a_rerun_answers_the_rest(model, tmp_path):
-    """Interrupted once the first record is written (each item has 13 tiles: the rest take seconds)."""
-    sizes = [(900 + 8 * i, 700) for i in range(5)]
+    """Interrupted once the first record is written (each item has 5 tiles: the rest take seconds)."""
+    sizes = [(350 + 8 * i, 400) for i in range(4)]
     data = write_tsv(tmp_path / "ChartQA_TEST.tsv", chartqa_rows(sizes))
     out = tmp_path / "results"
     command = [sys.executable, "-m", "eagle_demo", "eval", "run", "--benchmark", "ChartQA_TEST", "--data", str(data),
-               "--model", str(model), "--out", str(out), "--max-new-tokens", "4", "--limit", "4"]
+               "--model", str(model), "--out", str(out), "--max-new-tokens", "4", "--limit", "3"]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = out / "ChartQA_TEST.jsonl"
     deadline = time.monotonic() + 120
@@ -148,16 +148,16 @@ def test_ctrl_c_keeps_what_is_done_and_a_rerun_answers_the_rest(model, tmp_path)
     first.send_signal(signal.SIGINT)
     stdout, stderr = first.communicate(timeout=60)
     kept = records(results)
-    assert 1 <= len(kept) < 4, "the run ended before it was interrupted"
+    assert 1 <= len(kept) < 3, "the run ended before it was interrupted"
     assert first.returncode == 130 and "Interrupted:" in stderr and "Traceback" not in stderr
-    assert results.read_text().endswith("\n") and all(r["tiles"] == [13] for r in kept.values())
+    assert results.read_text().endswith("\n") and all(r["tiles"] == [5] for r in kept.values())
     second = eval_run(*command[5:])
     assert second.returncode == 0, second.stderr
-    assert f"{len(kept)} of 4 items already answered" in second.stderr
+    assert f"{len(kept)} of 3 items already answered" in second.stderr
     answered = records(results)
-    assert len(answered) == 4 and len(results.read_text().splitlines()) == 4  # --limit 4 of 5
+    assert len(answered) == 3 and len(results.read_text().splitlines()) == 3  # --limit 3 of 4
     assert all(answered[i] == record for i, record in kept.items())
-    assert json.loads(second.stdout.splitlines()[-1])["items"] == 4
+    assert json.loads(second.stdout.splitlines()[-1])["items"] == 3
 
 
 def test_bad_input_fails_with_one_clear_line(model, tmp_path):
