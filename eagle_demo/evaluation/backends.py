@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-import itertools
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,6 @@ class ItemError(ValueError):
     """This item cannot be asked as it is (e.g. more tokens than the context): it is recorded, not retried."""
 
 
-_file_numbers = itertools.count()
-
-
 def prepare_images(images: list[Image.Image], upscaled: bool, folder: Path) -> list[str]:
     """Each image in RGB, enlarged 2x with PIL's bilinear filter when `upscaled`, saved as a PNG."""
     paths = []
@@ -41,9 +38,9 @@ def prepare_images(images: list[Image.Image], upscaled: bool, folder: Path) -> l
         image = image.convert("RGB")
         if upscaled:
             image = image.resize((image.width * UPSCALE, image.height * UPSCALE), Image.Resampling.BILINEAR)
-        path = folder / f"image-{next(_file_numbers)}.png"
-        image.save(path, compress_level=1)
-        paths.append(str(path))
+        with tempfile.NamedTemporaryFile(dir=folder, prefix="image-", suffix=".png", delete=False) as file:
+            image.save(file, format="PNG", compress_level=1)
+        paths.append(file.name)
     return paths
 
 
