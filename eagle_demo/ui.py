@@ -2,8 +2,10 @@
 beside a message box that also takes pasted, dropped or attached files, the settings, and the
 `chat` endpoint for gradio_client and MCP.
 
-Declarative Blocks: each event is `fn, inputs, outputs`, chained with `.then`; what the events do
-is in `handlers.py`, the chat's forms in `chat_history.py`. No model code here.
+Declarative Blocks: each event is `fn, inputs, outputs`, chained with `.then`, and the settings go
+to their handlers by name. What the events do is in `chat_actions.py` (the chat) and
+`attachments.py` (what waits to be sent); every answer streams through `answers.py`. No model
+code here.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from .answers import AnswerStream
+from .attachments import Attachments
 from .backend import Backend
+from .chat_actions import ChatActions
 from .chat_history import conversation
-from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, Limits
+from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, GenerationSettings, Limits
 from .gradio_inputs import HISTORY_SCHEMA, CheckedBlocks, described_as, self_contained, taken_as_sent, text_only
-from .handlers import DEFAULTS, ChatHandlers
+from .records import OUT_DIR, OutputFiles
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_assets.py
@@ -32,6 +37,7 @@ EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_ass
 ]
 ANSWERS = "answers"  # the concurrency group of every event that runs a model (see request_guard)
 NARROW = "() => window.matchMedia('(max-width: 640px)').matches"  # a phone: the settings start folded
+DEFAULTS = GenerationSettings()
 
 CSS = """
 #chat .message img {max-height: 240px; width: auto;}
@@ -142,21 +148,24 @@ class Page:
     narrow: gr.Checkbox
 
     @property
-    def knobs(self) -> list[gr.components.Component]:
-        return [self.settings[name] for name in SETTING_RANGES]
+    def knobs(self) -> dict[str, gr.components.Component]:
+        """The generation settings' components, by name, in their declared order."""
+        return {name: self.settings[name] for name in SETTING_RANGES}
 
 
 def build_app(menu: Backend, limits: Limits = LIMITS, gpu: Callable | None = None, concurrency: int = 1,
               delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
-    """The Blocks app over the models of `menu`. `gpu` is `spaces.GPU` on ZeroGPU (see ChatHandlers)."""
+    """The Blocks app over the models of `menu`. `gpu` is `spaces.GPU` on ZeroGPU (see AnswerStream)."""
     examples = [(text, [str(ASSETS / f) for f in images], video and str(ASSETS / video))
                 for text, images, video in EXAMPLES]
-    app = ChatHandlers(menu, limits, gpu, examples)
+    files = OutputFiles(OUT_DIR)
+    attachments = Attachments(menu, limits, files, on_gpu=gpu is not None)
+    app = ChatActions(AnswerStream(menu, gpu), attachments, limits, files, examples)
     models = app.models
     with CheckedBlocks(title="Eagle2 Demo", analytics_enabled=False, fill_width=True,
                        delete_cache=delete_cache) as demo:
         # gradio deletes the files of this set on delete_cache's schedule and when it shuts down
-        demo.temp_file_sets.append(app.generated)
+        demo.temp_file_sets.append(files.generated)
         gr.Markdown("# Eagle2 · chat about images and videos\n"
                     "NVIDIA's Eagle2 vision-language models, running natively (no remote code). "
                     "Add images or a video, ask a question, and watch the answer stream in. "
@@ -177,7 +186,7 @@ def build_app(menu: Backend, limits: Limits = LIMITS, gpu: Callable | None = Non
                                      placeholder="Add images or a video below, or paste them into the message box, "
                                                  "then ask about them. Or try an example:")
                 with gr.Row(elem_id="uploads"):
-                    gallery = gr.Gallery(label=app.gallery_update([], None, None)["label"],
+                    gallery = gr.Gallery(label=attachments.gallery_update([], None, None)["label"],
                                          type="filepath", file_types=["image"], interactive=True, columns=3,
                                          fit_columns=False, height=180, object_fit="contain", min_width=150,
                                          elem_id="gallery")
@@ -220,25 +229,29 @@ def build_app(menu: Backend, limits: Limits = LIMITS, gpu: Callable | None = Non
         page = Page(chatbot, model, status_md, gallery, video, box, wait_md, answering, records, taken,
                     dict(stop=stop_btn, retry=retry_btn, undo=undo_btn, clear=clear_btn, export=export_btn),
                     frames_row, frames, settings, api_inputs, api_answer, api_button, narrow)
-        for component in (*page.knobs, model):  # checked by name in the handlers (settings_from, checked_model)
+        for component in (*page.knobs.values(), model):  # checked by name in the handlers
             taken_as_sent(component)
         text_only(api_inputs[0], "The message")
         text_only(settings["system"], "The system prompt")
-        wire(demo, app, page, concurrency)
+        wire(demo, app, attachments, page, concurrency)
     return demo
 
 
-def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
-    """The events: each `fn, inputs, outputs`, chained with `.then`."""
+def wire(demo: gr.Blocks, app: ChatActions, attachments: Attachments, p: Page, concurrency: int) -> None:
+    """The events: each `fn, inputs, outputs`, chained with `.then`; the settings passed by name."""
     model_queue, private = dict(concurrency_id=ANSWERS, concurrency_limit=concurrency), dict(api_visibility="private")
     chat, answering, records, buttons = p.chatbot, p.answering, p.records, p.buttons
-    settings = [p.model, p.settings["system"], *p.knobs]  # as respond and export take them, after the chat
     message, images, video, history, image = p.api_inputs
-    p.api_button.click(app.chat, [message, images, video, history, p.settings["system"], *p.knobs, p.model, image],
-                       p.api_answer, api_name="chat", **model_queue)  # first: the API page lists it first
+    # the endpoint's parameters, in this order, are its public API (gradio_client, MCP)
+    p.api_button.click(app.chat, inputs_kwargs=dict(message=message, images=images, video=video, history=history,
+                                                    system=p.settings["system"], **p.knobs, model=p.model,
+                                                    image=image),
+                       outputs=p.api_answer, api_name="chat", **model_queue)  # first: the API page lists it first
+    # as respond and export take them: the chat, then the model, the system prompt and the settings
+    chat_and_settings = dict(history=chat, model=p.model, system=p.settings["system"], **p.knobs, records=records)
 
     def chain_respond(event):  # only after a question was taken: a refused one raised its toast
-        return event.success(app.respond, [chat, *settings, records], [chat, p.status, answering, records],
+        return event.success(app.respond, inputs_kwargs=chat_and_settings, outputs=[chat, p.status, answering, records],
                              api_visibility="undocumented", show_progress="hidden", **model_queue)
 
     # queued, not queue=False: only a queued event's errors reach the page as toasts
@@ -261,12 +274,12 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
     enable = dict(fn=controls, inputs=[chat, answering, buttons["export"]], outputs=list(buttons.values()),
                   queue=False, **private)
     for event in (answered, retried, example_answered, undone, halted, rated):  # Export holds the chat so far
-        event.then(app.export, [chat, *settings, records], buttons["export"], show_progress="hidden",
+        event.then(app.export, inputs_kwargs=chat_and_settings, outputs=buttons["export"], show_progress="hidden",
                    **(dict(api_name="export") if event is answered else private)).then(**enable)
     answering.change(**enable)
     cleared.then(**enable)
     show_status = dict(fn=app.status, inputs=p.model, outputs=p.status, queue=False, **private)
-    numbered = dict(fn=lambda history, items, made: app.gallery_update(history, made, items),
+    numbered = dict(fn=lambda history, items, made: attachments.gallery_update(history, made, items),
                     inputs=[chat, p.gallery, records], outputs=p.gallery, queue=False, show_progress="hidden",
                     **private)
     for event in (answered, retried, example_answered, undone, halted, cleared):
@@ -274,19 +287,21 @@ def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
     for event in (undone, cleared, halted):  # a cancelled answer leaves its last stage in the status
         event.then(**show_status).then(**numbered)
     # queued (its refusals toast), at once, the latest change only; it ends when the gallery is in order
-    p.gallery.change(app.check_gallery, [p.gallery, chat, records], p.gallery, concurrency_limit=None,
+    p.gallery.change(attachments.check_gallery, [p.gallery, chat, records], p.gallery, concurrency_limit=None,
                      trigger_mode="always_last", show_progress="hidden", **private)
     # queued (its refusals toast), one at a time: the box sends each new file twice (as it uploads,
     # and when done), and the second finds it in `taken`; quick (it reads headers only)
-    p.box.change(app.take_attached, [p.box, p.gallery, p.video, chat, records, p.taken],
+    p.box.change(attachments.take_attached, [p.box, p.gallery, p.video, chat, records, p.taken],
                  [p.box, p.gallery, p.video, p.taken], concurrency_id="attach", concurrency_limit=1,
                  trigger_mode="always_last", show_progress="hidden", **private)
-    p.frames_row.expand(app.frames_seen, [chat, records], p.frames, **private)
+    p.frames_row.expand(attachments.frames_seen, [chat, records], p.frames, **private)
     p.model.change(**show_status)
     demo.load(**show_status)
     demo.load(app.default_tiles, p.model, p.settings["max_tiles"], queue=False, **private)
     demo.load(lambda narrow: gr.update(open=not narrow), p.narrow, p.settings["panel"], js=NARROW, queue=False,
               **private)
-    wait_inputs = [p.model, p.gallery, p.video, p.settings["max_tiles"], p.settings["num_frames"]]
-    for changed in wait_inputs:
-        changed.change(app.wait_note, wait_inputs, p.wait, queue=False, show_progress="hidden", **private)
+    wait_inputs = dict(model=p.model, images=p.gallery, video=p.video, max_tiles=p.settings["max_tiles"],
+                       num_frames=p.settings["num_frames"])
+    for changed in wait_inputs.values():
+        changed.change(attachments.wait_note, inputs_kwargs=wait_inputs, outputs=p.wait, queue=False,
+                       show_progress="hidden", **private)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from eagle_demo.chat_actions import BUSY_SENDING
 from eagle_demo.config import LIMITS
-from eagle_demo.handlers import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
 from tests.media_factory import make_image
 from tests.test_browser import CHROMIUM, RECORD_STATUS, answered, ask, browser, open_page, set_number, small_app  # noqa: F401
