@@ -38,8 +38,15 @@ class InputError(gr.Error):
 
 
 def refuse(message: str):
-    """End the handler with a toast that says what to change."""
+    """End the handler with an error that says what to change (an API client's, or a toast)."""
     raise gr.Error(message, print_exception=False)
+
+
+def page_refusal(message: str):
+    """End a page event with one toast that says what to change, and nothing else: no component is
+    marked as failed (wire the event with `show_progress_on=[]`), and its `.success` chain stops."""
+    gr.Warning(message)
+    raise gr.Error(message, visible=False, print_exception=False)
 
 
 def settings_from(**sent) -> GenerationSettings:
