@@ -30,10 +30,12 @@ _DONE = object()
 
 @dataclass
 class AnswerUpdate:
-    """One step of an answer: its text so far, or what runs now (`status`). The last update holds
-    the answer's `stats`, or, for an answer that failed, the `error` to show and its HTTP status."""
+    """One step of an answer: its text so far and its tokens, or what runs now (`status`). The last
+    update holds the answer's `stats`, or, for an answer that failed, the `error` to show and its
+    HTTP status."""
 
     text: str = ""
+    tokens: int = 0
     status: str | None = None
     stats: dict | None = None
     error: str | None = None
@@ -122,8 +124,8 @@ class AnswerStream:
                 text = ""
                 for delta in answer:
                     text += delta
-                    emit(AnswerUpdate(text=text))
-                emit(AnswerUpdate(text=text, stats=answer_stats(model, answer)))
+                    emit(AnswerUpdate(text=text, tokens=len(answer.token_ids)))
+                emit(AnswerUpdate(text=text, tokens=len(answer.token_ids), stats=answer_stats(model, answer)))
 
         try:
             yield from on_own_thread(work)

@@ -1,7 +1,8 @@
 """What waits to be sent: the gallery's images and the video slot, and the files dropped, pasted or
-attached in the message box. Each file is checked as it arrives; the gallery counts what the chat
-holds against its limit and numbers its images as the model will see them. Also the notes about
-them: the wait before the first word on a CPU, and the frames a video answer read.
+attached in the message box. Each file, image or video, is checked as it arrives (it opens, it is
+within the limits, it fits in the chat); the gallery counts what the chat holds against the chat's
+limit and numbers its images over the chat. Also the notes about them: the wait before the first
+word on a CPU, and the frames a video answer read.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import gradio as gr
 
 from . import media, wait
 from .backend import Backend
-from .chat_history import answer_text, conversation, is_error, is_video, question
+from .chat_history import answer_text, conversation, is_error, is_video
 from .config import GenerationSettings, Limits
 from .errors import UserError
 from .records import OutputFiles, frames_read
@@ -28,76 +29,105 @@ class Attachments:
     def in_chat(self, history: list[dict]) -> int:
         return sum(len(t.files) for t in conversation(history or []))
 
-    def gallery_update(self, history: list[dict], records: dict | None, items, **changes) -> dict:
-        """The gallery's label (what the chat holds and what waits, against the chat's limit) and,
-        with `items`, its images numbered as the model will see them (`<image k>`: images and
-        video frames counted over the chat; a video's frames as its answer read them)."""
-        label = (f"Images · {self.in_chat(history) + len(items or [])} of {self.limits.max_images_per_conversation} "
-                 "in this chat")
+    def gallery_update(self, history: list[dict], video: str | None, items, **changes) -> dict:
+        """The gallery's label (what the chat holds and what waits, the video slot's included, against
+        the chat's limit) and, with `items`, its images numbered over the chat's images ("Image k";
+        a video's frames are frames, not images)."""
+        label = self.label(history, len(items or []) + bool(video))
         if items is None:
             return gr.update(label=label, **changes)
-        seen = self._visuals_before(history or [], records)
-        numbered = [(item[0], f"<image {seen + k}>") for k, item in enumerate(items, 1)]
+        seen = sum(len(t.images) for t in conversation(history or []))
+        numbered = [(item[0], f"Image {seen + k}") for k, item in enumerate(items, 1)]
         return gr.update(label=label, value=numbered or None, **changes)
 
-    def _visuals_before(self, history: list[dict], records: dict | None) -> int:
-        """Images and video frames the model sees in the chat (as `conversation` keeps it: a question
-        answered by an error drops out)."""
-        seen, video_waiting = 0, False
-        for index, message in enumerate(history):
-            if is_error(message):
-                if index and history[index - 1]["role"] == "user":
-                    seen, video_waiting = seen - len(question(history[index - 1]).images), False
-            elif message["role"] == "user":
-                asked = question(message)
-                seen, video_waiting = seen + len(asked.images), bool(asked.video)
-            elif video_waiting:
-                seen, video_waiting = seen + frames_read(records, index, answer_text(message)), False
-        return seen
+    def label(self, history: list[dict], waiting: int) -> str:
+        """The gallery's label: the images and videos the chat holds and those waiting, of its limit."""
+        return f"Images · {self.in_chat(history) + waiting} of {self.limits.max_images_per_conversation} in this chat"
 
-    def _checked_images(self, paths: list[str], history: list[dict], waiting: int) -> list[str]:
-        """Of `paths` (added to `waiting` images), those that open, are within the limits and fit in
-        the chat; a toast for each one refused, saying why and what to do."""
-        kept, room = [], self.limits.max_images_per_conversation - self.in_chat(history) - waiting
+    def _room(self, history: list[dict], waiting: int) -> int:
+        return self.limits.max_images_per_conversation - self.in_chat(history) - waiting
+
+    def _full(self, names: list[str]) -> str:
+        listed = ", ".join(names)
+        return (f"{listed} {'was' if len(names) == 1 else 'were'} not added: a chat holds "
+                f"{self.limits.max_images_per_conversation} images and videos. Remove one, or Clear the chat for more.")
+
+    def _checked_images(self, paths: list[str], history: list[dict], waiting: int, warned: set[str]) -> list[str]:
+        """Of `paths` (added to `waiting` images and videos), those that open, are within the limits and
+        fit in the chat; one toast for what is refused, saying why and what to do (never twice for a
+        file in `warned`, which gains what is refused now)."""
+        kept, unreadable, no_room = [], [], []
+        room = self._room(history, waiting)
         for path in paths:
             try:
                 media.image_size(path, self.limits)
             except media.MediaError as e:
-                gr.Warning(f"{e} It was not added.")
+                unreadable.append((path, e))
                 continue
-            if len(kept) >= room:
-                gr.Warning(f"{Path(path).name} was not added: a chat holds {self.limits.max_images_per_conversation} "
-                           "images and videos. Remove one from the gallery, or Clear the chat for more.")
-                continue
-            kept.append(path)
+            (kept if len(kept) < room else no_room).append(path)
+        for path, problem in unreadable:
+            if path not in warned:
+                gr.Warning(f"{problem} It was not added.")
+        if fresh := [Path(p).name for p in no_room if p not in warned]:
+            gr.Warning(self._full(fresh))
+        warned.update(p for p, _ in unreadable)
+        warned.update(no_room)
         return kept
 
-    def check_gallery(self, images, history: list[dict], records: dict | None):
+    def check_gallery(self, images, video, history: list[dict], warned: list[str] | None):
         """The gallery after any change (an upload, a removal): each image checked, a refused one out
         at once, the rest numbered. Unchanged when all is in order (its own update changes it again)."""
         items = list(images or [])
-        kept = set(self._checked_images([item[0] for item in items], history, 0))
-        update = self.gallery_update(history, records, [item for item in items if item[0] in kept])
+        seen = set(warned or []) & {item[0] for item in items}  # a file removed, then added again, is told again
+        kept = set(self._checked_images([item[0] for item in items], history, bool(video), seen))
+        update = self.gallery_update(history, video, [item for item in items if item[0] in kept])
         in_order = [tuple(item) for item in items] == list(update.get("value") or [])
-        return gr.skip() if in_order else update
+        return gr.skip() if in_order else update, sorted(seen)
 
-    def take_attached(self, box: dict | None, images, video, history: list[dict], records: dict | None,
-                      taken: list[str] | None):
+    def check_video(self, video, images, history: list[dict]):
+        """The video slot after a change: a file that is not a video this app can read, or one for
+        which the chat has no room, is taken out at once, with a toast that says why."""
+        waiting = len(images or [])
+        if not video:
+            return gr.skip(), gr.update(label=self.label(history, waiting))
+        problem = None
+        try:
+            media.sample_video(video, 1, self.limits, frame_size=(32, 32))
+        except media.MediaError as e:
+            problem = f"{e} It was not added."
+        if problem is None and self._room(history, len(images or [])) < 1:
+            problem = self._full([Path(video).name])
+        if problem:
+            gr.Warning(problem)
+            return None, gr.update(label=self.label(history, waiting))
+        return gr.skip(), gr.update(label=self.label(history, waiting + 1))
+
+    def refused_uploads(self, names: str):
+        """Files the browser held back from one upload (more than a chat holds): one toast naming them."""
+        listed = [n for n in (names or "").split("\n") if n.strip()]
+        if listed:
+            gr.Warning(self._full(listed))
+        return ""
+
+    def take_attached(self, box: dict | None, images, video, history: list[dict], taken: list[str] | None,
+                      warned: list[str] | None):
         """Files pasted, dropped or attached in the message box move to the gallery (images, checked and
-        numbered) or the video slot; the box keeps its text. `taken`: what the last call moved (the
-        box reports a file twice), to be left alone."""
+        numbered) or the video slot (checked there); the box keeps its text. `taken`: what the last
+        call moved (the box reports a file twice), to be left alone."""
         files = [f for f in (box or {}).get("files") or [] if isinstance(f, str) and f not in (taken or [])]
         if not files:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        items = list(images or [])
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        items, seen = list(images or []), set(warned or []) & set(files)
         videos = [f for f in files if is_video(f)]
-        added = self._checked_images([f for f in files if not is_video(f)], history, len(items))
+        added = self._checked_images([f for f in files if not is_video(f)], history,
+                                     len(items) + bool(video or videos), seen)
         if len(videos) > 1 or (videos and video):
             gr.Info(f"A message holds one video: {Path(videos[-1]).name} takes the video slot.")
         # the gallery untouched when nothing joins it: a removal meanwhile must stand
-        gallery = self.gallery_update(history, records, items + [(p, None) for p in added]) if added else gr.skip()
+        gallery = self.gallery_update(history, video or (videos[-1] if videos else None),
+                                      items + [(p, None) for p in added]) if added else gr.skip()
         return ({"text": (box or {}).get("text") or "", "files": []}, gallery, videos[-1] if videos else gr.skip(),
-                files)
+                files, sorted(seen))
 
     def wait_note(self, model: str, images, video, **settings) -> str:
         """On a CPU, before sending: the wait for the images, video and settings chosen."""

@@ -1,13 +1,16 @@
-"""What the chat's events do: send a question (typed, or an example card's), stream its answer,
-Stop, Undo, Clear, Retry, rate an answer, export the chat; and the `chat` endpoint for API and MCP
-clients. Every answer goes through `answers.AnswerStream`; Stop (or a client's cancel) closes its
-generator, and the decode ends after its current token. No model code here.
+"""What the page's chat does: ask (a typed question, an example card, Retry, an edited question,
+Continue), stream the answer, Stop, Undo, Clear, rate an answer, export the chat (the API's
+endpoints are in endpoints.py). Every answer goes through `answers.AnswerStream`; Stop closes its
+generator, and the decode ends after its current token. No model code.
 
+A page's request that cannot go ahead is refused before anything changes (`page_refusal`: one
+toast, the inputs as they were), so no refusal leaves the session thinking an answer runs.
 Per-session state comes in as arguments (gr.State): `answering`, and `records` (see records.py).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -21,6 +24,8 @@ from . import grounding, media
 from .answers import AnswerStream, unknown_model
 from .attachments import Attachments
 from .chat_history import (
+    CONTINUE,
+    STOPPED_FOOTER,
     answer_footer,
     answer_key,
     answer_message,
@@ -29,23 +34,29 @@ from .chat_history import (
     error_message,
     is_error,
     is_video,
-    parts,
+    last_question,
+    progress_message,
     question,
+    question_messages,
+    question_starts,
     stopped,
-    user_message,
     without_answers,
+    without_progress,
 )
-from .config import DEFAULT_SYSTEM_PROMPT, GenerationSettings, Limits
+from .config import GenerationSettings, Limits
 from .conversation import Message
-from .gradio_inputs import HISTORY_HINT, InputError, error_boundary, refuse, settings_from
+from .errors import UserError, server_fault
+from .gradio_inputs import page_refusal, refuse, settings_from
 from .records import OutputFiles, exported, recorded
 
 BUSY_SENDING = "The answer is still coming. Wait for it, or press Stop, then send again; your text stays in the box."
-BUSY_RETRYING = "The answer is still coming. Wait for it, or press Stop, then retry."
-DEFAULTS = GenerationSettings()
+BUSY = "The answer is still coming. Wait for it, or press Stop first."
+CONTINUE_ASKED = "Continue."
 # the page redraws the whole answer for each update: one per token at a fast model's rate keeps the
 # browser so busy that a click on Stop waits for the answer's end; ~12 a second reads smoothly
 PAGE_UPDATE_INTERVAL_S = 0.08
+STATUS_POLL_S = 0.5
+HALTS_KEPT = 1000  # sessions whose latest answer Stop can still find
 
 
 def annotate(answer: str, turns: list[Message], files: OutputFiles) -> str | None:
@@ -63,9 +74,11 @@ def annotate(answer: str, turns: list[Message], files: OutputFiles) -> str | Non
 
 class _Halt(threading.Event):
     """A page answer's end, asked for by Stop (`keep`: the answer so far stays, marked stopped) or
-    by Undo or Clear (it goes)."""
+    by Undo or Clear (it goes). It knows what the answer is made with, for a stopped answer's record."""
 
-    keep = True
+    def __init__(self, made_with: dict):
+        super().__init__()
+        self.keep, self.made_with, self.tokens = True, made_with, 0
 
 
 class ChatActions:
@@ -79,8 +92,9 @@ class ChatActions:
         self.menu = answers.backend
         self.models = self.menu.names
         self.examples = list(examples)
-        # session -> the Stop of the page's answer now streaming there (gradio's own cancel alone was
-        # not always heard); an entry lives as long as its answer
+        # session -> the Stop of the page's latest answer there (gradio's own cancel alone was not
+        # always heard). Kept after the answer ends: gradio may close the answer (Stop's `cancels`)
+        # before Stop's own handler reads what it was made with. The latest sessions only.
         self._stops: dict[str, _Halt] = {}
 
     # ------------------------------------------------------------------ model and status
@@ -94,169 +108,223 @@ class ChatActions:
     def status(self, model: str, state: str | None = None) -> str:
         return f"**Model** {model} · {state or self.menu.status(model)}"
 
-    def default_tiles(self, model: str):
-        """On a CPU, the tile limit for a first word in about 10 s there (see wait.py)."""
-        tiles = None if self.attachments.on_gpu else self.menu.model(self.checked_model(model)).cpu_default_tiles()
-        return gr.skip() if tiles is None else tiles
+    def settled_status(self, model: str) -> Iterator[str]:
+        """The status, followed while the model is still loading or fetching (Stop ends the answer
+        at once, but a load runs to its end)."""
+        model = self.checked_model(model)
+        shown = None
+        while True:
+            state = self.menu.status(model)
+            if state != shown:
+                shown = state
+                yield self.status(model, state)
+            if not state.endswith("…"):  # loading and fetching are the states that end by themselves
+                return
+            time.sleep(STATUS_POLL_S)
+
+    def check_settings(self, **settings) -> None:
+        """A toast as soon as a setting is set out of range (sending is refused with the same words)."""
+        try:
+            settings_from(**settings)
+        except UserError as e:
+            gr.Warning(str(e))
 
     # ------------------------------------------------------------------ asking
-    def add_message(self, box: dict | None, images, video, history: list[dict], answering: bool):
+    def _may_ask(self, answering: bool, model: str | None, settings: dict, busy: str = BUSY) -> None:
+        """Refuse (a toast, nothing changed) while an answer streams, or when the model or a setting
+        is not one this app takes."""
+        if answering:
+            page_refusal(busy)
+        if model not in self.models:
+            page_refusal(f"Pick a model from the menu; this app serves {', '.join(self.models)}.")
+        try:
+            settings_from(**settings)
+        except UserError as e:
+            page_refusal(f"{e} Change it in Settings, then try again.")
+
+    def ask(self, box: dict | None, images, video, history: list[dict], answering: bool, model: str | None,
+            **settings):
         """The question into the chat, the inputs emptied. Refused (a toast; the text stays in the box)
-        while an answer streams, or when there is nothing to send; the answer then does not start."""
+        while an answer streams, when there is nothing to send, when it is too long, or when a
+        setting is out of range; the answer then does not start."""
+        self._may_ask(answering, model, settings, BUSY_SENDING)
         text = (box or {}).get("text") or ""
         images = [item[0] for item in images or []]
-        if answering:
-            refuse(BUSY_SENDING)
         if (box or {}).get("files"):  # not yet moved to the gallery: sent as they are
             images += [f for f in box["files"] if isinstance(f, str) and not is_video(f)]
         if not (text.strip() or images or video):
-            refuse("Type a question, or add an image or a video.")
-        history = history + [user_message(text, images, video)]
+            page_refusal("Type a question, or add an image or a video.")
+        if len(text) > self.limits.max_prompt_chars:
+            page_refusal(f"The message is {len(text):,} characters long; the limit is "
+                         f"{self.limits.max_prompt_chars:,}. Shorten it; it stays in the box.")
+        history = without_progress(history) + question_messages(text, images, video)
         return (history, {"text": "", "files": []}, self.attachments.gallery_update(history, None, None, value=None),
                 None, "", True, None)
 
-    def run_example(self, example: gr.SelectData, history: list[dict], answering: bool):
+    def run_example(self, example: gr.SelectData, history: list[dict], answering: bool, model: str | None,
+                    **settings):
         """A tapped example card: its question, images and video asked at once (found by its index:
-        what a client sends is never taken as a path)."""
+        what a client sends is never taken as a path). A draft in the box and what waits in the
+        gallery stay where they are."""
+        self._may_ask(answering, model, settings, BUSY_SENDING)
         text, images, video = self.examples[example.index]
-        return self.add_message({"text": text}, [(p, None) for p in images], video, history, answering)
+        return without_progress(history) + question_messages(text, images, video), True, None
+
+    def retry(self, history: list[dict], answering: bool, model: str | None, **settings):
+        """The last question asked again (its answer, or error, goes)."""
+        self._may_ask(answering, model, settings)
+        history = without_answers(without_progress(history))
+        if not history:
+            page_refusal("Nothing to retry yet: ask a question first.")
+        return history, True, None
+
+    def edit(self, edited: str, history: list[dict], answering: bool, model: str | None, **settings):
+        """An earlier question, edited in the chat (`edited`: {"question": its place among the chat's
+        questions, "text": the new words}), asked again from there: what came after it goes."""
+        try:
+            change = json.loads(edited)
+            place, text = change["question"], change["text"]
+        except (ValueError, TypeError, KeyError):
+            page_refusal("That edit could not be read; edit the question again.")
+        self._may_ask(answering, model, settings)
+        questions = question_starts(history)
+        if not isinstance(place, int) or not 0 <= place < len(questions) or not isinstance(text, str):
+            page_refusal("That question is no longer in the chat.")
+        if len(text) > self.limits.max_prompt_chars:
+            page_refusal(f"The question is {len(text):,} characters long; the limit is "
+                         f"{self.limits.max_prompt_chars:,}.")
+        start = questions[place]
+        end = start + 1
+        while end < len(history) and history[end]["role"] == "user" and not is_error(history[end]):
+            end += 1
+        asked = [question(m) for m in history[start:end]]
+        images, video = [f for m in asked for f in m.images], next((m.video for m in asked if m.video), None)
+        if not (text.strip() or images or video):
+            page_refusal("Type a question, or add an image or a video.")
+        return history[:start] + question_messages(text, images, video), True, None
+
+    def continue_answer(self, option: gr.SelectData, history: list[dict], answering: bool, model: str | None,
+                        **settings):
+        """An answer cut at Max new tokens: "Continue" asks the model to go on."""
+        if option.value != CONTINUE:
+            return gr.skip(), gr.skip(), gr.skip()
+        self._may_ask(answering, model, settings)
+        return without_progress(history) + question_messages(CONTINUE_ASKED, [], None), True, None
 
     # ------------------------------------------------------------------ answering
-    @error_boundary
     def respond(self, history: list[dict], model: str, system: str, records: dict | None = None,
                 request: gr.Request = None, **settings) -> Iterator[tuple]:
-        """Streams (chat, status, answering, records) for the chat's last question."""
+        """Streams (chat, status, answering, records) for the chat's last question: what runs before
+        the first word in the answer's own bubble, then the answer. Whatever happens, the last
+        update says that nothing answers any more."""
         if not history or history[-1]["role"] != "user" or is_error(history[-1]):
             yield gr.skip(), gr.skip(), False, gr.skip()  # nothing asked
             return
-        turns, model, generation = conversation(history), self.checked_model(model), settings_from(**settings)
-        text, stats, shown_at = "", None, 0.0
+        try:
+            turns, model, generation = conversation(history), self.checked_model(model), settings_from(**settings)
+        except (UserError, gr.Error) as e:  # an API client's values (the page checked them on asking)
+            yield gr.skip(), gr.skip(), False, gr.skip()
+            raise gr.Error(str(e) if isinstance(e, UserError) else e.message, print_exception=False) from None
+        system = "" if system is None else system
+        made_with = {"model": model, "system_prompt": system, "settings": asdict(generation)}
         session = getattr(request, "session_hash", None) or uuid.uuid4().hex
-        stop = self._stops[session] = _Halt()
-        try:  # closing: Stop closes this generator, and that must reach the decode at once
-            with closing(self.answers.stream(turns, model, "" if system is None else system, generation)) as updates:
-                for update in updates:
-                    if stop.is_set():  # the same chat as Stop's (or Undo's, Clear's) reply, whichever comes last
-                        kept = [answer_message(text)] if text else []
-                        shown = stopped(history + kept) if stop.keep else gr.skip()
-                        yield shown, self.status(model), False, gr.skip()
-                        return
-                    if update.error is not None:
-                        raise gr.Error(update.error, print_exception=False)
-                    if update.status:
-                        yield history, self.status(model, update.status), gr.skip(), gr.skip()
-                        continue
-                    text, stats = update.text, update.stats or stats
-                    if time.monotonic() - shown_at >= PAGE_UPDATE_INTERVAL_S:  # the rest: with the next, or the last
-                        shown_at = time.monotonic()
-                        yield history + [answer_message(text)], gr.skip(), gr.skip(), gr.skip()
-        except gr.Error as e:  # the answer's own failure, or ZeroGPU's (its quota, say)
-            kept = [answer_message(text)] if text else []
-            yield history + kept + [error_message(e.message)], self.status(model), False, gr.skip()
-            return
-        finally:
-            if self._stops.get(session) is stop:
-                del self._stops[session]
-        yield self._answered(history, turns, model, system, generation, text, stats, records)
+        stop = _Halt(made_with)
+        self._stops.pop(session, None)
+        self._stops[session] = stop
+        while len(self._stops) > HALTS_KEPT:
+            self._stops.pop(next(iter(self._stops)))
+        try:
+            yield from self._streamed(history, turns, model, system, generation, records, stop)
+        except Exception as e:  # never leave the page waiting: the failure becomes the answer's bubble
+            message = e.message if isinstance(e, gr.Error) else str(e) if isinstance(e, UserError) else \
+                server_fault("answering on the page failed")
+            yield history + [error_message(message)], self.status(model), False, gr.skip()
 
-    def _answered(self, history: list[dict], turns: list[Message], model: str, system: str,
-                  settings: GenerationSettings, text: str, stats: dict | None, records: dict | None) -> tuple:
-        """The last update of an answer that ended by itself: its bubble with its drawing and footer,
-        and its record."""
+    def _streamed(self, history: list[dict], turns: list[Message], model: str, system: str,
+                  settings: GenerationSettings, records: dict | None, stop: _Halt) -> Iterator[tuple]:
+        text, stats, shown_at = "", None, 0.0
+        # closing: Stop closes this generator, and that must reach the decode at once
+        with closing(self.answers.stream(turns, model, system, settings)) as updates:
+            for update in updates:
+                if stop.is_set():  # the same chat as Stop's (or Undo's, Clear's) reply, whichever comes last
+                    if not stop.keep:
+                        yield gr.skip(), self.status(model), False, gr.skip()
+                        return
+                    shown = stopped(history + ([answer_message(text)] if text else []))
+                    yield shown, self.status(model), False, self._stopped_record(shown, records, stop)
+                    return
+                if update.error is not None:  # the answer's failure, shown in the chat (a UserError's words)
+                    kept = [answer_message(text)] if text else []
+                    yield history + kept + [error_message(update.error)], self.status(model), False, gr.skip()
+                    return
+                if update.status:
+                    if not text:
+                        yield history + [progress_message(update.status)], self.status(model, update.status), \
+                            gr.skip(), gr.skip()
+                    continue
+                text, stats, stop.tokens = update.text, update.stats or stats, update.tokens
+                if time.monotonic() - shown_at >= PAGE_UPDATE_INTERVAL_S:  # the rest: with the next, or the last
+                    shown_at = time.monotonic()
+                    yield history + [answer_message(text)], self.status(model, "writing…"), gr.skip(), gr.skip()
+        yield self._answered(history, turns, text, stats, stop.made_with, records)
+
+    def _answered(self, history: list[dict], turns: list[Message], text: str, stats: dict | None,
+                  made_with: dict, records: dict | None) -> tuple:
+        """The last update of an answer that ended by itself: its bubble with its drawing and footer
+        (and Continue, when it reached Max new tokens), and its record."""
         drawn = annotate(text, turns, self.files)
+        model = made_with["model"]
+        cut = bool(stats) and stats.get("finish_reason") == "length"
         footer = answer_footer(model, stats) if stats else None
+        if cut:
+            footer += f" · cut at the {made_with['settings']['max_new_tokens']:,}-token limit (Max new tokens)"
         if not text.strip():  # a blank bubble would look like a fault of the page
             footer = " · ".join(filter(None, ["the model ended its answer without writing anything", footer]))
-        made_with = {"model": model, "system_prompt": system, "settings": asdict(settings), "stats": stats}
         # a new record: a rating of an earlier answer in this place does not carry over
         records = recorded(records, answer_key(len(history), text), self.limits.max_chat_messages, fresh=True,
-                           made_with=made_with)
-        return history + [answer_message(text, drawn, footer)], self.status(model), False, records
-
-    @error_boundary
-    def chat(self, message: str, images: list[str] | None = None, video: str | None = None,
-             history: list[dict] | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
-             max_tiles=DEFAULTS.max_tiles, num_frames=DEFAULTS.num_frames, temperature=DEFAULTS.temperature,
-             top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens,
-             repetition_penalty=DEFAULTS.repetition_penalty, top_k=DEFAULTS.top_k, seed: int | None = None,
-             model: str | None = None, image: str | None = None) -> Iterator[str]:
-        """Answer a question about images or a video with an Eagle2 vision-language model.
-
-        Args:
-            message: the question or instruction
-            images: image files to ask about (MCP: send one image as `image` instead)
-            video: a video file to ask about
-            history: earlier turns, a list of {"role": "user" | "assistant", "content": text} messages
-            system: the system prompt
-            max_tiles: most 448-pixel tiles an image is cut into; more read finer detail, but take longer
-            num_frames: frames sampled evenly over the video
-            temperature: sampling temperature; 0 always picks the likeliest token
-            top_p: nucleus sampling's probability mass
-            max_new_tokens: longest answer, in tokens
-            repetition_penalty: above 1 discourages repeating earlier tokens
-            top_k: sample from the k likeliest tokens; 0 turns it off
-            seed: a whole number makes sampling repeatable
-            model: the model to answer with, a name from the app's menu
-            image: one more image file, after `images`
-        Returns:
-            the answer
-        """
-        history = [] if history is None else history
-        if not isinstance(history, list) or not all(
-                isinstance(h, dict) and h.get("role") in ("user", "assistant") for h in history):
-            raise InputError(f"history must be {HISTORY_HINT}.")
-        turns = [Message(h["role"], parts(h)[0]) for h in history]
-        turns.append(Message("user", message or "", [*(images or []), *([image] if image else [])], video))
-        settings = settings_from(max_tiles=max_tiles, num_frames=num_frames, temperature=temperature, top_p=top_p,
-                                 max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, top_k=top_k,
-                                 seed=seed)
-        text = ""
-        answer = self.answers.stream(turns, self.checked_model(model), "" if system is None else system, settings)
-        with closing(answer) as updates:
-            for update in updates:  # a client's cancel closes this generator, and so the decode
-                if update.error is not None:
-                    refuse(update.error)
-                if not update.status and update.text != text:
-                    text = update.text
-                    yield text
-        if not text:
-            yield text
+                           made_with={**made_with, "stats": stats})
+        return history + [answer_message(text, drawn, footer, cut=cut)], self.status(model), False, records
 
     # ------------------------------------------------------------------ the chat's buttons
-    def _halt(self, request: gr.Request | None, keep: bool) -> None:
+    def _halt(self, request: gr.Request | None, keep: bool) -> _Halt | None:
         """The answer streaming in this session (if any) ends after its current token."""
         stop = self._stops.get(getattr(request, "session_hash", None))
         if stop is not None:
             stop.keep = keep
             stop.set()
+        return stop
 
-    def stop(self, history: list[dict], request: gr.Request = None):
-        """Stop: the answer so far stays, marked stopped."""
-        self._halt(request, keep=True)
-        return stopped(history), False
+    def stop(self, history: list[dict], records: dict | None, request: gr.Request = None):
+        """Stop: the answer so far stays, marked stopped, and keeps a record of what it was made with."""
+        halted = self._halt(request, keep=True)
+        history = stopped(history or [])
+        return history, False, gr.skip() if halted is None else self._stopped_record(history, records, halted)
+
+    def _stopped_record(self, history: list[dict], records: dict | None, halted: _Halt):
+        """`records` with the record of the stopped answer at the end of `history` (none for a note)."""
+        if not history or is_error(history[-1]):
+            return gr.skip()
+        stats = {"model": halted.made_with["model"], "tokens": halted.tokens, "finish_reason": STOPPED_FOOTER}
+        return recorded(records, answer_key(len(history) - 1, answer_text(history[-1])), self.limits.max_chat_messages,
+                        fresh=True, made_with={**halted.made_with, "stats": stats})
 
     def clear(self, request: gr.Request = None):
-        """Clear: no chat, no export, nothing answering, no records."""
+        """Clear: a new, empty chat (the one before stays in the saved chats); nothing answering."""
         self._halt(request, keep=False)
-        return [], None, False, {}
-
-    def retry(self, history: list[dict], answering: bool):
-        if answering:
-            refuse(BUSY_RETRYING)
-        history = without_answers(history)
-        if not history:
-            refuse("Nothing to retry yet: ask a question first.")
-        return history, True, None
+        return [], None, False, {}, ""
 
     def undo(self, history: list[dict], request: gr.Request = None):
         """Remove the last question and its answer; put the question back in the inputs."""
         self._halt(request, keep=False)
-        history = without_answers(history)
+        history = without_answers(without_progress(history or []))
         if not history:
             return history, gr.skip(), gr.skip(), gr.skip(), False
-        asked = question(history[-1])
-        return (history[:-1], {"text": asked.text, "files": []}, [(f, None) for f in asked.images] or None,
-                asked.video, False)
+        start = last_question(history)
+        asked = [question(m) for m in history[start:]]
+        text = "\n".join(filter(None, (m.text for m in asked)))
+        images = [(f, None) for m in asked for f in m.images]
+        return history[:start], {"text": text, "files": []}, images or None, next((m.video for m in asked if m.video),
+                                                                                  None), False
 
     def rate(self, like: gr.LikeData, history: list[dict], records: dict | None) -> dict:
         """A like or dislike on an answer, kept for the export (a second click takes it back)."""
@@ -266,11 +334,16 @@ class ChatActions:
         key = answer_key(like.index, answer_text(history[like.index]))
         return recorded(records, key, self.limits.max_chat_messages, rating=rating)
 
-    @error_boundary
-    def export(self, history: list[dict], model: str | None = None, system: str = DEFAULT_SYSTEM_PROMPT,
-               records: dict | None = None, **settings) -> str | None:
-        """The chat and the settings used, as a JSON file to download."""
-        if not history:
+    def page_export(self, history: list[dict], model: str | None, system: str, records: dict | None, **settings):
+        """The page's Export after each change of the chat: the chat as it is now, whatever is being
+        typed in the settings (a value out of range is told where it is set, and exported as none)."""
+        try:
+            current = settings_from(**settings)
+        except UserError:
+            current = None
+        if not history or model not in self.models:
             return None
-        return exported(history, self.checked_model(model), system, settings_from(**settings), records, self.limits,
-                        self.files)
+        try:
+            return exported(without_progress(history), model, system, current, records, self.limits, self.files)
+        except UserError:  # a chat past the limits, which the answer itself refused
+            return None

@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +23,16 @@ from .config import GenerationSettings, Limits
 from .errors import UserError
 
 DEFAULTS = GenerationSettings()
-OUT_DIR = Path(tempfile.gettempdir()) / "eagle2-demo"  # drawings, exports, frames; gradio copies them
+
+
+@functools.cache
+def process_folder() -> Path:
+    """This process's own temporary folder (made on first use, removed at exit), so that two apps on
+    one machine never delete each other's files: gradio's uploads and cache go in `gradio/` (see
+    app.py), the drawings, frames and exports in `outputs/`."""
+    folder = Path(tempfile.mkdtemp(prefix="eagle2-demo-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def recorded(records: dict | None, key: str, limit: int, fresh: bool = False, **fields) -> dict:
@@ -62,7 +74,7 @@ class OutputFiles:
         return str(path)
 
 
-def exported(history: list[dict], model: str, system: str | None, settings: GenerationSettings,
+def exported(history: list[dict], model: str, system: str | None, settings: GenerationSettings | None,
              records: dict | None, limits: Limits, files: OutputFiles) -> str | None:
     """The chat and the settings used, as a JSON file to download; None for an empty chat."""
     if not history:
