@@ -25,6 +25,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
+# The daily loop (`pytest -m quick`): modules that start no app, browser, vLLM or side environment.
+QUICK_MODULES = {
+    "test_model", "test_qwen2", "test_preprocessing", "test_prompt", "test_tiny", "test_media",
+    "test_engine", "test_grounding", "test_cpu", "test_cuda_emulation",
+    "test_vllm_config", "test_gpu_check", "test_eval_scores", "test_eval_data", "test_saved_chats",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in QUICK_MODULES:
+            item.add_marker(pytest.mark.quick)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -180,6 +181,11 @@ def user_texts(page) -> list[str]:
     return [t.strip() for t in page.locator("#chat [data-testid=user]").all_inner_texts() if t.strip()]
 
 
+def chat_name(option) -> str:
+    """A saved chat's name in the list (the one open may carry a check mark before it)."""
+    return option.inner_text().strip().splitlines()[-1].split(" · ")[0]
+
+
 def copies(tmp_path: Path, source: Path, count: int) -> list[str]:
     out = []
     for i in range(count):
@@ -281,15 +287,26 @@ def test_the_chat_the_box_and_its_controls_fit_the_first_screen(browser, app, mo
         page.context.close()
 
 
-def test_progress_shows_inside_the_answer_bubble(page, app, tmp_path):
+def test_progress_shows_inside_the_answer_bubble(page, app, tmp_path, monkeypatch):
     """Point 4: while the images are read, the answer's own bubble says so."""
     fresh = make_image(tmp_path / "fresh.png", (1400 + time.time_ns() % 97, 1000))  # no cached tiles
+    seen = threading.Event()
+    encode = app.engine.model.encode_images
+
+    def encode_once_seen(pixels):  # the tiny model reads tiles faster than a page can look
+        seen.wait(timeout=30)
+        return encode(pixels)
+
+    monkeypatch.setattr(app.engine.model, "encode_images", encode_once_seen)
     page.locator("#gallery input[type=file]").set_input_files(str(fresh))
     page.locator("#gallery img").first.wait_for()
     set_number(page, "Max new tokens", 3)
     ask(page, "What is this?")
-    page.locator("#chat [data-testid=bot]").filter(has_text="reading the").first.wait_for()
-    page.screenshot(path=str(ARTIFACTS / "page-progress.png"))
+    try:
+        page.locator("#chat [data-testid=bot]").filter(has_text="reading the").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "page-progress.png"))
+    finally:
+        seen.set()
     ended(page, 1)
 
 
@@ -370,14 +387,27 @@ def test_the_model_menu_is_locked_while_an_answer_streams(page, app, monkeypatch
     page.wait_for_function("() => !document.querySelector('#model input').disabled")
 
 
-def test_the_status_follows_a_load_that_stop_cut_short(page, app):
+def test_the_status_follows_a_load_that_stop_cut_short(page, app, monkeypatch):
     """Point 10: Stop while `small` loads; the status says "ready" once the load has ended."""
+    import eagle_demo.model
+
+    stopped = threading.Event()
+    load = eagle_demo.model.load_eagle2
+
+    def load_after_stop(*args, **kwargs):  # a small checkpoint loads faster than a page can look
+        stopped.wait(timeout=60)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(eagle_demo.model, "load_eagle2", load_after_stop)
     page.locator("#model input").click()
     page.get_by_role("option", name="small-eagle2").click()
     set_number(page, "Max new tokens", 3)
     ask(page, "Hi")
-    page.locator("#status").get_by_text("loading small-eagle2").wait_for()
-    press_stop(page)
+    try:
+        page.locator("#status").get_by_text("loading small-eagle2").wait_for()
+        press_stop(page)
+    finally:
+        stopped.set()
     page.locator("#status").get_by_text("ready").wait_for(timeout=120_000)
 
 
@@ -461,13 +491,13 @@ def test_chats_survive_a_reload_and_can_be_reopened_and_deleted(page, app):
     ended(page, 1)
     page.locator("#saved-list input").click()
     options = page.get_by_role("option")
-    assert [o.inner_text().split(" · ")[0] for o in options.all()] == ["Second chat", "First chat"]
+    assert [chat_name(o) for o in options.all()] == ["Second chat", "First chat"]
     options.filter(has_text="First chat").click()
     page.locator("#chat [data-testid=user]").filter(has_text="First chat").wait_for()
     page.locator("#delete-chat").click()
     page.wait_for_function("() => !document.querySelector('#chat [data-testid=user]')")
     page.locator("#saved-list input").click()
-    assert [o.inner_text().split(" · ")[0] for o in page.get_by_role("option").all()] == ["Second chat"]
+    assert [chat_name(o) for o in page.get_by_role("option").all()] == ["Second chat"]
 
 
 def test_an_earlier_question_is_edited_and_asked_again_from_there(page, app):
