@@ -20,7 +20,7 @@ from .config import GenerationSettings
 from .decoding import Decoder, HostToken, TextStream, sample_next
 from .errors import GenerationError
 from .media_cache import LRU
-from .preprocessing import Prompt, PromptTokens
+from .preprocessing import Prompt, PromptTokens, normalise
 
 # What the cache of image features (on the model's device) may hold.
 FEATURE_CACHE_BYTES = 512 << 20
@@ -96,7 +96,7 @@ class ModelRunner:
             found = {v.key: self.features.get(v.key) for v in prompt.visuals}
             new = list({v.key: v for v in prompt.visuals if found[v.key] is None}.values())
             if new:
-                encoded = self._encode(torch.cat([v.pixel_values for v in new]), progress)
+                encoded = self._encode(self._upload([v.pixel_values for v in new]), progress)
                 self.vision_calls += len(new)
                 for v, feats in zip(new, encoded.split([v.pixel_values.shape[0] for v in new])):
                     found[v.key] = feats.flatten(0, 1)
@@ -108,13 +108,22 @@ class ModelRunner:
             embeds[0, positions] = feats.to(embeds.dtype)
         return embeds
 
+    def _upload(self, tiles: list[torch.Tensor]) -> torch.Tensor:
+        """The tiles as one uint8 batch on the model's device; on CUDA through pinned memory, without
+        blocking the host."""
+        if self.device.type != "cuda":
+            return torch.cat(tiles)
+        staged = torch.empty((sum(len(t) for t in tiles), *tiles[0].shape[1:]), dtype=torch.uint8, pin_memory=True)
+        return torch.cat(tiles, out=staged).to(self.device, non_blocking=True)
+
     def _encode(self, pixels: torch.Tensor, progress: Progress) -> torch.Tensor:
-        """Image features of `pixels` [N, 3, H, W], in chunks on a CPU, reported as they are done."""
+        """Image features of uint8 `pixels` [N, 3, H, W], normalised on the model's device, in chunks on
+        a CPU, reported as they are done."""
         chunk = self.vision_chunk or len(pixels)
         parts = []
         for start in range(0, len(pixels), chunk):
             progress(start / len(pixels), f"reading the images: {start} of {len(pixels)} tiles")
-            parts.append(self.model.encode_images(pixels[start:start + chunk].to(self.device)))
+            parts.append(self.model.encode_images(normalise(pixels[start:start + chunk])))
         self.tiles_encoded += len(pixels)
         return torch.cat(parts)
 

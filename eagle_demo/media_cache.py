@@ -14,8 +14,8 @@ from typing import Any
 from . import media, preprocessing
 from .config import Limits
 
-# What the cache of tiled images and video frames may hold: 16 images of 13 tiles.
-PIXEL_CACHE_BYTES = 512 << 20
+# What the cache of tiled images and video frames (uint8) may hold: 16 images of 13 tiles.
+PIXEL_CACHE_BYTES = 128 << 20
 DIGESTS_KEPT = 1024
 
 
@@ -100,7 +100,7 @@ class TiledMedia:
             cols, rows = preprocessing.choose_grid(*size, 1, max_tiles, tile_size)
             # a big JPEG may decode at reduced scale, as long as it stays larger than the tiles
             img = media.open_image(path, self.limits, min_size=(cols * tile_size, rows * tile_size))
-            pixels = preprocessing.tile_image(img, max_tiles, tile_size, use_thumbnail, source_size=size)
+            pixels = preprocessing.tile_pixels(img, max_tiles, tile_size, use_thumbnail, source_size=size)
             visual = preprocessing.Visual(pixel_values=pixels, key=key)
             self.pixels.put(key, visual)
         return visual
@@ -112,7 +112,7 @@ class TiledMedia:
         video = self.pixels.get(key)
         if video is None:
             clip = media.sample_video(path, num_frames, self.limits, frame_size=(tile_size, tile_size))
-            frames = [preprocessing.Visual(preprocessing.tile_image(f, 1, tile_size, False), f"{key}:{i}")
+            frames = [preprocessing.Visual(preprocessing.tile_pixels(f, 1, tile_size, False), f"{key}:{i}")
                       for i, f in enumerate(clip.frames)]
             video = preprocessing.TiledVideo(frames, clip.timestamps)
             self.pixels.put(key, video)

@@ -83,8 +83,9 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, S, S] -> float32, the same operations as ToTensor + Normalize."""
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32, the same operations as ToTensor + Normalize (on the tiles'
+    device: the engine uploads uint8, a quarter of the bytes, and normalises on the GPU)."""
     return pixels.float().div_(255).sub_(MEAN).div_(STD)
 
 
@@ -106,7 +107,7 @@ def tile_image_reference(
     ]
     if use_thumbnail and len(tiles) > 1:
         tiles.append(img.resize((tile_size, tile_size), Image.Resampling.BICUBIC))
-    return torch.stack([_normalise(torch.from_numpy(np.array(tile)).permute(2, 0, 1)) for tile in tiles])
+    return torch.stack([normalise(torch.from_numpy(np.array(tile)).permute(2, 0, 1)) for tile in tiles])
 
 
 def tile_image(
@@ -117,8 +118,22 @@ def tile_image(
     min_tiles: int = 1,
     source_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Bit-identical to tile_image_reference, faster: the thumbnail is resized in a second
-    thread (Pillow releases the GIL) and the tiles are cut and normalised as one tensor.
+    """The normalised tiles [T, 3, S, S] float32 of `tile_pixels` (its arguments): bit-identical to
+    tile_image_reference."""
+    return normalise(tile_pixels(img, max_tiles, tile_size, use_thumbnail, min_tiles, source_size))
+
+
+def tile_pixels(
+    img: Image.Image,
+    max_tiles: int,
+    tile_size: int,
+    use_thumbnail: bool,
+    min_tiles: int = 1,
+    source_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The tiles [T, 3, S, S] as uint8 pixels, thumbnail last (`normalise` makes them what the
+    vision tower takes). Faster than the reference: the thumbnail is resized in a second thread
+    (Pillow releases the GIL) and the tiles are cut as one tensor.
 
     source_size: the size to choose the grid from when img was decoded at reduced scale
     (media.open_image's min_size), so that it tiles like the full image. That decode is the
@@ -141,7 +156,7 @@ def tile_image(
         tiles[: cols * rows].view(rows, cols, 3, size, size).copy_(grid)
         if thumbnail is not None:
             tiles[-1].copy_(torch.from_numpy(np.array(thumbnail.result())).permute(2, 0, 1))
-    return _normalise(tiles)
+    return tiles
 
 
 def fit_tiles_to_context(
@@ -180,7 +195,7 @@ def fit_tiles_to_context(
 class Visual:
     """One image or one video frame, tiled for the vision tower."""
 
-    pixel_values: torch.Tensor  # [T, 3, S, S] float32
+    pixel_values: torch.Tensor  # [T, 3, S, S] uint8 (preprocessing.tile_pixels)
     key: str  # stable cache key: source digest + frame index + tiling parameters
 
 

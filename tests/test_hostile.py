@@ -168,7 +168,7 @@ def test_the_corpus_leaves_no_thread_or_memory_behind(client, app_server, corpus
 
 
 def test_distinct_uploads_keep_the_image_cache_within_its_budget(client, app_server, tmp_path):
-    """Each image is 25 tiles, 60 MB: a cache counted in entries would keep all ten (600 MB)."""
+    """Each image is 25 tiles, 15 MB: a cache counted in entries would keep all ten (150 MB)."""
     from eagle_demo.media_cache import PIXEL_CACHE_BYTES, visuals_of
 
     cache = app_server.engine.media.pixels
