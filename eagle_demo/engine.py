@@ -24,6 +24,7 @@ from .decoding import Decoder
 from .errors import GenerationError, PromptError
 from .generation import Generation, ModelRunner, Request, empty_device_cache
 from .media_cache import TiledMedia
+from .model.attention import pin_attention_backends
 from .wait import CpuWait, WaitEstimate
 
 __all__ = ["Engine", "GenerationError", "Message"]
@@ -89,6 +90,8 @@ class Engine:
                 model, tokenizer, tokens = self._load_model(report)
                 report(0.8, "preparing the decoder…")
                 self.context = min(self.limits.context_tokens, model.config.text.max_position_embeddings)
+                if self.device.startswith("cuda"):
+                    pin_attention_backends()
                 cache = model.language_model.new_cache(self.context)
                 decoder = Decoder(model.language_model, cache, use_cuda_graphs=self.use_cuda_graphs)
             except Exception:

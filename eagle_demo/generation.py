@@ -20,6 +20,7 @@ from .config import GenerationSettings
 from .decoding import Decoder, HostToken, TextStream, sample_next
 from .errors import GenerationError
 from .media_cache import LRU
+from .model.attention import CausalFrom
 from .preprocessing import Prompt, PromptTokens, normalise
 
 # What the cache of image features (on the model's device) may hold.
@@ -139,7 +140,7 @@ class ModelRunner:
             progress((start - reuse) / (len(signature) - reuse),
                      f"reading the prompt: {start - reuse:,} of {len(signature) - reuse:,} tokens")
             positions = torch.arange(start, min(start + chunk, len(signature)), device=self.device)
-            hidden = lm(embeds[:, start:start + chunk], positions, self.decoder.cache)
+            hidden = lm(embeds[:, start:start + chunk], positions, self.decoder.cache, CausalFrom(start))
         self.kv.filled(signature)
         return lm.logits(hidden[0, -1]), reuse
 

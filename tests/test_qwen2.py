@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from eagle_demo.model.attention import FilledLength
 from eagle_demo.model.config import TextConfig
 from eagle_demo.model.qwen2 import Qwen2LM
 
@@ -41,6 +42,10 @@ def test_cached_steps_and_resumed_prefill_match_one_pass(pair):
     cache = ours.new_cache(64)
     first = ours(ours.embed(ids[:, :8]), torch.arange(8), cache)
     middle = ours(ours.embed(ids[:, 8:15]), torch.arange(8, 15), cache)  # resumes after a cached prefix
-    steps = [ours(ours.embed(ids[:, p:p + 1]), torch.tensor([p]), cache, attend_len=64) for p in range(15, 20)]
+    steps = []  # one-token steps over a fixed span of 64, the filled length read on the device
+    for p in range(15, 20):
+        filled = FilledLength("masked", 64, torch.device("cpu"))
+        filled.filled.fill_(p + 1)
+        steps.append(ours(ours.embed(ids[:, p:p + 1]), torch.tensor([p]), cache, filled))
     got = ours.logits(torch.cat([first, middle, *steps], dim=1)[0])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
