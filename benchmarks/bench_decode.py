@@ -41,7 +41,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import QUESTION, checkpoint, default_device, emit, twelve_tile_image  # noqa: E402
-from eagle_demo import engine as engine_module  # noqa: E402
 from eagle_demo.config import LIMITS, GenerationSettings  # noqa: E402
 from eagle_demo.engine import Engine, Message  # noqa: E402
 from tests.support import transformers_twin  # noqa: E402
@@ -88,7 +87,7 @@ def generate_baseline(engine: Engine, gen, new_tokens: int) -> tuple[float, list
     from transformers import GenerationConfig
 
     hf = transformers_twin(engine.model.language_model)
-    embeds = engine._embed_prompt(gen.prompt)
+    embeds = engine.runner.embed_prompt(gen.prompt)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               eos_token_id=None, pad_token_id=0)
@@ -100,19 +99,20 @@ def generate_baseline(engine: Engine, gen, new_tokens: int) -> tuple[float, list
 
 @torch.inference_mode()
 def prefill_in_steps_against_one(engine: Engine, prompt, repeats: int) -> dict:
-    """The CPU's prefill in CPU_PREFILL_CHUNK steps against one step, alternating: seconds each."""
-    embeds, chunk = engine._embed_prompt(prompt), engine_module.CPU_PREFILL_CHUNK
+    """The CPU's prefill in its steps (CPU_PREFILL_CHUNK) against one step, alternating: seconds each."""
+    runner = engine.runner
+    embeds, chunk = runner.embed_prompt(prompt), runner.prefill_chunk
     steps, one = [], []
     try:
         for _ in range(repeats):
-            for size, times in ((chunk, steps), (10**9, one)):
-                engine_module.CPU_PREFILL_CHUNK = size
+            for size, times in ((chunk, steps), (None, one)):
+                runner.prefill_chunk = size
                 engine.clear_caches()
                 start = time.perf_counter()
-                engine._prefill(prompt, embeds)
+                runner.prefill(prompt, embeds)
                 times.append(time.perf_counter() - start)
     finally:
-        engine_module.CPU_PREFILL_CHUNK = chunk
+        runner.prefill_chunk = chunk
     return {"prefill_in_steps_s": spread(steps, 3), "prefill_one_step_s": spread(one, 3),
             "prefill_steps_ratio": round(statistics.median(one) / statistics.median(steps), 3)}
 
@@ -217,7 +217,7 @@ def int8_error(engine: Engine, reference: Engine, prompt) -> dict:
     """The first step's logits of the int8 engine against float32's, on the same prompt."""
     def first_logits(e: Engine) -> torch.Tensor:
         e.clear_caches()
-        return e._prefill(prompt, e._embed_prompt(prompt))[0]
+        return e.runner.prefill(prompt, e.runner.embed_prompt(prompt))[0]
 
     ours, exact = first_logits(engine), first_logits(reference)
     return {"int8_logit_error": round(float((ours - exact).abs().max() / exact.abs().max()), 4),

@@ -5,11 +5,12 @@
 Random weights of the true sizes (`python -m eagle_demo tiny --size ...`). For each size: load in
 bf16; the captured decode equals eager decode token for token (256 greedy tokens after a 12-tile
 image); tokens/s of the engine, the bare loop and transformers `generate`; image-turn TTFT with its
-stages; peak memory. For the first size (the 1B) also: `--load-8bit` loads and answers; a second device index
-(when there is one); 20 requests forced out of memory, each answered with the message and followed
-by a normal answer. Prints JSON lines, the last one a summary; a failed check is printed and the
-script goes on; the exit status is 1 if anything failed. `--device cpu --sizes tiny` runs the
-same script on a CPU (the GPU-only checks are then reported as skipped): the test suite does that.
+stages; peak memory. For the first size (the 1B) also: `--load-8bit` loads and answers; a second
+device index (when there is one); 20 requests forced out of memory, each answered with the message
+and followed by a normal answer; `eval run` over 32 OCR-style items against the engine alone.
+Prints JSON lines, the last one a summary; a failed check is printed and the script goes on; the
+exit status is 1 if anything failed. `--device cpu --sizes tiny` runs the same script on a CPU (the
+GPU-only checks are then reported as skipped): the test suite does that.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import bare_loop, engine_run, generate_baseline  # noqa: E402
+from benchmarks.bench_eval import eval_check  # noqa: E402
 from benchmarks.common import QUESTION, checkpoint, emit, twelve_tile_image  # noqa: E402
 from eagle_demo.config import GenerationSettings, Limits  # noqa: E402
 from eagle_demo.engine import Engine, GenerationError, Message  # noqa: E402
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             checks.run(f"{size} 8-bit", eight_bit_check, path, args)
             checks.run(f"{size} second device", second_device_check, path, args)
             checks.run(f"{size} out of memory x{OOM_REQUESTS}", out_of_memory_check, path, image, args)
+            checks.run(f"{size} eval run", eval_check, path, args)
         shutil.rmtree(path, ignore_errors=True)  # the 9B's random weights take tens of GB of disk
     summary = checks.summary()
     emit(**summary)

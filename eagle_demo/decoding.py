@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 
 from .config import GenerationSettings
+from .model.attention import CausalFrom, FilledLength, filled_length_kernel
 from .preprocessing import GROUNDING_TOKENS
 
 log = logging.getLogger(__name__)
 
 # Attention spans of a one-token step on CUDA. A step at position p attends over the smallest span
-# above p (masked beyond p), so the kernels see a handful of shapes instead of one per token, and
-# each span's step is captured once per loaded model as a CUDA graph.
+# above p (its filled length read on the device), so the kernels see a handful of shapes instead of
+# one per token, and each span's step is captured once per loaded model as a CUDA graph.
 ATTEND_BUCKETS = (1024, 2048, 4096, 8192, 16384, 32768)
+# Failed captures a decoder retries (each at the next step that needs its span) before it decodes
+# eagerly for good: a capture can fail for a passing reason, such as another thread's device work.
+CAPTURE_TRIES = 3
+# PyTorch allows one graph capture at a time in a process: models loading or retrying at once queue.
+_CAPTURE_LOCK = threading.Lock()
 
 
 class Decoder:
     """Runs one-token steps of a Qwen2LM over its static KV cache.
 
     On CUDA (or whenever graphs are asked for) a step attends over a bucketed span and replays the
-    span's captured graph, falling back to the same bucketed step run eagerly. On CPU a step attends
-    over the filled positions only: there are no kernel plans to reuse there.
+    span's captured graph, or runs the same step eagerly where the span has none. On CPU a step
+    attends over the filled positions only: there are no kernel plans to reuse there.
     """
 
     def __init__(self, lm, cache, use_cuda_graphs: bool):
@@ -30,23 +37,23 @@ class Decoder:
         self.device = cache.device
         self.bucketed = use_cuda_graphs or self.device.type == "cuda"
         self.spans = [s for s in ATTEND_BUCKETS if s < cache.max_len] + [cache.max_len]
+        kernel = filled_length_kernel(self.device, cache.k[0].dtype)
+        self.attention = {span: FilledLength(kernel, span, self.device) for span in self.spans}
         # static inputs of every step: a replayed graph reads them where it was captured
         self._token = torch.zeros(1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)  # 0: no prompt is cached yet
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if use_cuda_graphs and _syncs_with_host(lm):
+        self.capture_failures = 0
+        self.captures = use_cuda_graphs and not _syncs_with_host(lm)
+        if use_cuda_graphs and not self.captures:
             log.info("bitsandbytes' 8-bit layers sync with the host, which a CUDA graph cannot hold; "
                      "decoding eagerly")
-        elif use_cuda_graphs:
-            try:
-                self._capture()
-            except Exception as e:  # e.g. a layer that cannot be captured
-                log.warning("CUDA graph capture failed (%s); decoding eagerly", e)
-                self.graphs = {}
+        for span in self.spans if self.captures else ():
+            if not self._capture(span):
+                break
 
-    def _forward_one(self, token: torch.Tensor, pos: torch.Tensor, attend_len: int,
-                     sees_all: bool = False) -> torch.Tensor:
-        hidden = self.lm(self.lm.embed(token.view(1, 1)), pos, self.cache, attend_len, sees_all)
+    def _forward_one(self, token: torch.Tensor, pos: torch.Tensor, attention) -> torch.Tensor:
+        hidden = self.lm(self.lm.embed(token.view(1, 1)), pos, self.cache, attention)
         return self.lm.logits(hidden[0, -1])
 
     def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
@@ -56,34 +63,50 @@ class Decoder:
         """
         self._pos.fill_(pos)
         if not self.bucketed:
-            return self._forward_one(token, self._pos, pos + 1, sees_all=True)  # the filled slots, 0..pos
+            return self._forward_one(token, self._pos, CausalFrom(pos))
         span = next(s for s in self.spans if s > pos)
-        if span not in self.graphs:
-            return self._forward_one(token, self._pos, span)
+        attention = self.attention[span]
+        attention.filled.fill_(pos + 1)
         self._token.copy_(token.view(1))
+        if span not in self.graphs and not (self.captures and self._capture(span)):
+            return self._forward_one(self._token, self._pos, attention)
         graph, logits = self.graphs[span]
         graph.replay()
         return logits
 
+    def _capture(self, span: int) -> bool:
+        """Capture the step of `span` over the current static inputs (its warm-up runs write the same
+        keys and values the step does); False, retried later, if it failed."""
+        try:
+            with _CAPTURE_LOCK:
+                self._capture_span(span)
+            return True
+        except Exception as e:  # e.g. a layer that cannot be captured, or other work on the device
+            self.capture_failures += 1
+            self.captures = self.capture_failures < CAPTURE_TRIES
+            log.warning("CUDA graph capture failed (%s); decoding eagerly, %s", e,
+                        "retried at a later step" if self.captures else "for good")
+            return False
+
     @torch.inference_mode()
-    def _capture(self) -> None:
-        device = self.device
+    def _capture_span(self, span: int) -> None:
+        device, attention = self.device, self.attention[span]
         # On the model's GPU, whichever is current; the outer stream context puts this thread back on
         # its own stream even when a capture fails half-way (torch.cuda.graph's exit then skips that).
         with torch.cuda.device(device), torch.cuda.stream(torch.cuda.current_stream(device)):
-            pool = None
-            for span in self.spans:
-                side = torch.cuda.Stream(device)
-                side.wait_stream(torch.cuda.current_stream(device))
-                with torch.cuda.stream(side):  # warm-up: lazy kernel and workspace set-up must not be captured
-                    for _ in range(2):
-                        self._forward_one(self._token, self._pos, span)
-                torch.cuda.current_stream(device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    logits = self._forward_one(self._token, self._pos, span)
-                pool = graph.pool()
-                self.graphs[span] = (graph, logits)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up: lazy kernel and workspace set-up must not be captured
+                for _ in range(2):
+                    self._forward_one(self._token, self._pos, attention)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            pool = next(iter(self.graphs.values()))[0].pool() if self.graphs else None
+            # thread_local: other threads' device work (another model loading or answering) must not
+            # invalidate this capture, as it does in the default global mode
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                logits = self._forward_one(self._token, self._pos, attention)
+            self.graphs[span] = (graph, logits)
 
 
 def _syncs_with_host(lm) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from .conversation import Turn
 
 # SigLIP normalisation, used by every Eagle2 vision tower (MOB's ConvNeXt converts from it).
 MEAN = 0.5
@@ -81,8 +83,9 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, S, S] -> float32, the same operations as ToTensor + Normalize."""
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32, the same operations as ToTensor + Normalize (on the tiles'
+    device: the engine uploads uint8, a quarter of the bytes, and normalises on the GPU)."""
     return pixels.float().div_(255).sub_(MEAN).div_(STD)
 
 
@@ -104,7 +107,7 @@ def tile_image_reference(
     ]
     if use_thumbnail and len(tiles) > 1:
         tiles.append(img.resize((tile_size, tile_size), Image.Resampling.BICUBIC))
-    return torch.stack([_normalise(torch.from_numpy(np.array(tile)).permute(2, 0, 1)) for tile in tiles])
+    return torch.stack([normalise(torch.from_numpy(np.array(tile)).permute(2, 0, 1)) for tile in tiles])
 
 
 def tile_image(
@@ -115,8 +118,22 @@ def tile_image(
     min_tiles: int = 1,
     source_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Bit-identical to tile_image_reference, faster: the thumbnail is resized in a second
-    thread (Pillow releases the GIL) and the tiles are cut and normalised as one tensor.
+    """The normalised tiles [T, 3, S, S] float32 of `tile_pixels` (its arguments): bit-identical to
+    tile_image_reference."""
+    return normalise(tile_pixels(img, max_tiles, tile_size, use_thumbnail, min_tiles, source_size))
+
+
+def tile_pixels(
+    img: Image.Image,
+    max_tiles: int,
+    tile_size: int,
+    use_thumbnail: bool,
+    min_tiles: int = 1,
+    source_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The tiles [T, 3, S, S] as uint8 pixels, thumbnail last (`normalise` makes them what the
+    vision tower takes). Faster than the reference: the thumbnail is resized in a second thread
+    (Pillow releases the GIL) and the tiles are cut as one tensor.
 
     source_size: the size to choose the grid from when img was decoded at reduced scale
     (media.open_image's min_size), so that it tiles like the full image. That decode is the
@@ -139,7 +156,7 @@ def tile_image(
         tiles[: cols * rows].view(rows, cols, 3, size, size).copy_(grid)
         if thumbnail is not None:
             tiles[-1].copy_(torch.from_numpy(np.array(thumbnail.result())).permute(2, 0, 1))
-    return _normalise(tiles)
+    return tiles
 
 
 def fit_tiles_to_context(
@@ -178,17 +195,16 @@ def fit_tiles_to_context(
 class Visual:
     """One image or one video frame, tiled for the vision tower."""
 
-    pixel_values: torch.Tensor  # [T, 3, S, S] float32
+    pixel_values: torch.Tensor  # [T, 3, S, S] uint8 (preprocessing.tile_pixels)
     key: str  # stable cache key: source digest + frame index + tiling parameters
 
 
 @dataclass
-class Turn:
-    user: str
-    images: list[Visual]
-    frames: list[Visual]  # video frames, one tile each
-    timestamps: list[float]  # seconds, one per frame
-    answer: str | None = None  # None for the turn being asked now
+class TiledVideo:
+    """A video's sampled frames, one tile each, and the second each was sampled at."""
+
+    frames: list[Visual]
+    timestamps: list[float]
 
 
 @dataclass
@@ -274,9 +290,11 @@ def visual_run(ids: PromptTokens, tiles: int, tokens_per_tile: int) -> list[int]
     return [ids.img_start] + [ids.img_context] * (tokens_per_tile * tiles) + [ids.img_end]
 
 
-def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile: int) -> Prompt:
+def build_prompt(turns: Sequence[Turn], visuals: Mapping[str, Visual | TiledVideo], system: str, tokenizer,
+                 tokens_per_tile: int) -> Prompt:
     """Token ids of the conversation in the layout of Eagle2's chat() (ChatML).
 
+    visuals: each file the turns name, tiled: an image's Visual, a video's TiledVideo.
     Each image is introduced by "<image {k}>" (k counts images and frames over the whole
     conversation) or by nothing when the conversation holds a single image; a video by
     "This is a video:" and one "Frame {i} sampled at {t:.2f} seconds: " line per frame. Each
@@ -286,23 +304,28 @@ def build_prompt(turns: Sequence[Turn], system: str, tokenizer, tokens_per_tile:
     tokenizing the whole official prompt string in one call.
     """
     ids = PromptTokens.from_tokenizer(tokenizer)
-    single_image = sum(len(t.images) for t in turns) == 1 and not any(t.frames for t in turns)
+    single_image = sum(len(t.question.images) for t in turns) == 1 and not any(t.question.video for t in turns)
     pieces: list[str | int | Visual] = [ids.im_start, f"system\n{system}", ids.im_end, "\n"]
     k = 0
     for turn in turns:
         pieces += [ids.im_start, "user\n"]
-        for image in turn.images:
+        for path in turn.question.images:
             k += 1
-            pieces += [image, "\n"] if single_image else [image_label(k), image, "\n"]
-        if turn.frames:
+            pieces += [visuals[path], "\n"] if single_image else [image_label(k), visuals[path], "\n"]
+        if turn.question.video:
+            video = visuals[turn.question.video]
             pieces.append(VIDEO_INTRO)
-            for i, (frame, t) in enumerate(zip(turn.frames, turn.timestamps, strict=True), 1):
+            for i, (frame, t) in enumerate(zip(video.frames, video.timestamps, strict=True), 1):
                 k += 1
                 pieces += [frame_label(i, t), frame, "\n"]
-        pieces += [turn.user, ids.im_end, "\n", ids.im_start, "assistant\n"]
+        pieces += [turn.question.text, ids.im_end, "\n", ids.im_start, "assistant\n"]
         if turn.answer:  # an empty answer renders like a missing one, as in the official template
             pieces += [*_answer_pieces(turn.answer, tokenizer), ids.im_end, "\n"]
+    return _tokenized(pieces, ids, tokenizer, tokens_per_tile)
 
+
+def _tokenized(pieces: list[str | int | Visual], ids: PromptTokens, tokenizer, tokens_per_tile: int) -> Prompt:
+    """Text runs tokenized (special tokens split off), ids kept, each visual as its <img> run."""
     prompt = Prompt(input_ids=[], visuals=[], num_tiles=[])
     for is_text, run in groupby(pieces, key=lambda piece: isinstance(piece, str)):
         if is_text:

@@ -9,6 +9,11 @@
   garbage afterwards (a GPU does not run kernels while capturing). A host read (`item()`, `int()`,
   `nonzero`) while capturing invalidates the capture and `capture_end` raises, as CUDA does; the
   `graph` context mirrors `torch.cuda.graph`, whose exit then never restores the caller's stream.
+  Capture modes as `cudaStreamCaptureMode` has them: in "global" mode (torch.cuda.graph's default)
+  another thread's potentially unsafe call, such as the cudaMalloc of a model loading, fails in
+  that thread and invalidates the capture; in "thread_local" mode other threads are not checked.
+  `during_capture`, when set, is another thread's device work, run while each capture is underway;
+  every allocation it makes counts as a cudaMalloc.
 """
 
 from __future__ import annotations
@@ -48,10 +53,12 @@ class HostReadCounter(TorchDispatchMode):
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, mode: str):
         super().__init__()
+        self.mode = mode
         self.ops: list = []
         self.host_read: str | None = None
+        self.invalidated_by: str | None = None  # another thread's unsafe call, in global mode
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -69,12 +76,15 @@ class FakeCUDAGraph:
         self._recorder: _Recorder | None = None
         self.replays = 0
 
-    def capture_begin(self, pool=None, **_):
-        self._recorder = _Recorder()
+    def capture_begin(self, pool=None, capture_error_mode="global"):
+        self._recorder = _Recorder(capture_error_mode)
         self._recorder.__enter__()
 
     def capture_end(self):
         self._recorder.__exit__(None, None, None)
+        if self._recorder.invalidated_by:
+            raise RuntimeError(f"CUDA error: operation failed due to a previous error during capture "
+                               f"({self._recorder.invalidated_by} in another thread)")
         if self._recorder.host_read:
             raise RuntimeError(f"CUDA error: operation failed due to a previous error during capture "
                                f"({self._recorder.host_read} read a value on the host)")
@@ -98,6 +108,36 @@ class FakeCUDAGraph:
         return id(self)
 
 
+ALLOCATIONS = {aten.empty, aten.empty_strided, aten.zeros, aten.ones, aten.full}
+
+
+class _OtherThreadsWork(TorchDispatchMode):
+    """Another thread's device work while `capture` is underway: its allocations are cudaMalloc calls."""
+
+    def __init__(self, capture: _Recorder):
+        super().__init__()
+        self.capture = capture
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in ALLOCATIONS and self.capture.mode == "global":
+            self.capture.invalidated_by = "cudaMalloc"
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return func(*args, **(kwargs or {}))
+
+
+def _run_beside(capture: _Recorder, work, errors: list) -> None:
+    def run():
+        try:
+            with _OtherThreadsWork(capture):
+                work()
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+
+
 class FakeStream:
     def __init__(self, device=None, priority=0):
         self.device = device
@@ -114,6 +154,7 @@ def install_cuda_graphs(monkeypatch) -> SimpleNamespace:
     default = FakeStream()
     local = threading.local()
     graphs: list[FakeCUDAGraph] = []
+    fake = SimpleNamespace(default_stream=default, graphs=graphs, during_capture=None, other_thread_errors=[])
 
     def current_stream(device=None):
         return getattr(local, "stream", default)
@@ -137,11 +178,13 @@ def install_cuda_graphs(monkeypatch) -> SimpleNamespace:
             if stream is None and graph.default_capture_stream is None:
                 graph.default_capture_stream = FakeStream()
             self.stream_ctx = stream_ctx(stream or graph.default_capture_stream)
-            self.cuda_graph, self.pool = cuda_graph, pool
+            self.cuda_graph, self.pool, self.mode = cuda_graph, pool, capture_error_mode
 
         def __enter__(self):
             self.stream_ctx.__enter__()
-            self.cuda_graph.capture_begin(self.pool)
+            self.cuda_graph.capture_begin(self.pool, capture_error_mode=self.mode)
+            if fake.during_capture is not None:
+                _run_beside(self.cuda_graph._recorder, fake.during_capture, fake.other_thread_errors)
 
         def __exit__(self, *exc):
             self.cuda_graph.capture_end()
@@ -168,4 +211,5 @@ def install_cuda_graphs(monkeypatch) -> SimpleNamespace:
                             current_stream=current_stream, device=device, synchronize=lambda device=None: None,
                             empty_cache=lambda: None).items():
         monkeypatch.setattr(torch.cuda, name, value)
-    return SimpleNamespace(default_stream=default, current_stream=current_stream, graphs=graphs)
+    fake.current_stream = current_stream
+    return fake

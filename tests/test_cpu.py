@@ -9,6 +9,7 @@ import torch
 
 from eagle_demo.config import GenerationSettings
 from eagle_demo.engine import Engine, Message
+from eagle_demo.model.config import Eagle2Config
 from eagle_demo.model.loading import default_dtype, native_bf16, physical_cores
 from eagle_demo.preprocessing import count_tiles
 from eagle_demo.wait import TARGET_FIRST_WORD_S, TEXT_TOKENS, TYPICAL_PHOTO, WaitRates
@@ -43,12 +44,13 @@ def test_one_thread_per_physical_core_within_this_process_s_cpus():
 def test_the_cpu_tile_default_keeps_a_photo_s_first_word_near_the_target(tiny_checkpoint):
     engine = Engine(str(tiny_checkpoint), device="cpu")
     assert engine.cpu_default_tiles() == GenerationSettings().max_tiles  # tiny: all the tiles in no time
-    engine._probe_rates = WaitRates(tile_s=6.0, token_s=0.004)  # 1B on this machine's 2 cores
+    engine.cpu_wait.probe_rates = WaitRates(tile_s=6.0, token_s=0.004)  # 1B on this machine's 2 cores
     assert engine.cpu_default_tiles() == 1
-    cfg = engine._config()
+    cfg = Eagle2Config.from_dir(tiny_checkpoint)
     tiles = count_tiles(*TYPICAL_PHOTO, 2, cfg.tile_size, cfg.use_thumbnail)  # a 2x1 grid and the thumbnail
     prompt_s = (tiles * cfg.tokens_per_tile + TEXT_TOKENS) * 0.004
-    rates = engine._probe_rates = WaitRates(tile_s=(TARGET_FIRST_WORD_S - prompt_s) / tiles - 0.01, token_s=0.004)
+    rates = engine.cpu_wait.probe_rates = WaitRates(tile_s=(TARGET_FIRST_WORD_S - prompt_s) / tiles - 0.01,
+                                                    token_s=0.004)
 
     def photo_s(max_tiles: int) -> float:
         tiles = count_tiles(*TYPICAL_PHOTO, max_tiles, cfg.tile_size, cfg.use_thumbnail)
@@ -64,13 +66,15 @@ def test_each_turn_replaces_the_probe_s_rates_with_what_it_measured(tiny_checkpo
     image = str(ASSETS / "scene.jpg")
     settings = GenerationSettings(temperature=0.0, max_new_tokens=2, max_tiles=4)
     before = engine.first_word_estimate([image], None, settings)
-    assert not engine._rates().measured
+    probe = engine.cpu_wait.probe_rates
+    assert before.seconds == probe.seconds(before.tiles, before.prompt_tokens)
     generation = engine.chat([Message("user", "What is this?", images=[image])], "", settings)
     list(generation)
-    rates, timings = engine._rates(), generation.timings
-    assert rates.measured and rates.tile_s == timings["vision_s"] / timings["encoded_tiles"]
-    assert rates.token_s == timings["prefill_s"] / timings["prefill_tokens"]
+    timings = generation.timings
+    measured = WaitRates(tile_s=timings["vision_s"] / timings["encoded_tiles"],
+                         token_s=timings["prefill_s"] / timings["prefill_tokens"])
     after = engine.first_word_estimate([image], None, settings)
+    assert after.seconds == measured.seconds(after.tiles, after.prompt_tokens) != before.seconds
     assert (after.tiles, after.prompt_tokens) == (before.tiles, before.prompt_tokens) == (
         sum(generation.num_tiles), sum(generation.num_tiles) * engine.model.config.tokens_per_tile + TEXT_TOKENS)
 
@@ -88,4 +92,4 @@ def test_a_cpu_engine_stores_wide_weights_input_major_and_keeps_the_tie(tiny_che
 def test_a_turn_runs_no_probe_on_its_way_to_the_answer(tiny_checkpoint):
     engine = Engine(str(tiny_checkpoint), device="cpu")
     list(engine.chat([Message("user", "Hi")], "", GenerationSettings(temperature=0.0, max_new_tokens=4)))
-    assert engine._probe_rates is None  # the probe waits until an estimate is asked for
+    assert engine.cpu_wait.probe_rates is None  # the probe waits until an estimate is asked for

@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from eagle_demo import engine as engine_module
 from eagle_demo.config import GenerationSettings, Limits
-from eagle_demo.conversation import Message
+from eagle_demo.conversation import Message, Turn
 from eagle_demo.decoding import TextStream, sample_next
 from eagle_demo.engine import Engine
-from eagle_demo.errors import PromptError
+from eagle_demo.errors import GenerationError, PromptError
+from eagle_demo.generation import CPU_VISION_CHUNK
 from eagle_demo.media import MediaError
-from eagle_demo.preprocessing import Turn, build_prompt, load_tokenizer
+from eagle_demo.preprocessing import build_prompt, load_tokenizer
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.support import transformers_twin
 
@@ -79,14 +79,23 @@ def test_follow_up_reuses_cache_and_images_exactly(checkpoints, engine, images):
 
 
 def test_after_an_out_of_memory_error_the_next_request_starts_clean(checkpoints, images):
-    """What the engine does after CUDA runs out of memory (which needs a GPU to happen for real):
-    the KV cache's contents and the image features are forgotten, so the next request encodes and
-    prefills everything again and answers exactly as a fresh engine does."""
+    """What the engine does after CUDA runs out of memory (the language model fails as it does, through
+    a forward hook): the KV cache's contents and the image features are forgotten, so the next request
+    encodes and prefills everything again and answers exactly as a fresh engine does."""
     engine = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu")
     first = [Message("user", "Compare these.", images=images[:2])]
     follow = first + [Message("assistant", run(engine, first).text), Message("user", "And the colours?")]
     calls = engine.vision_calls
-    engine._after_oom()
+
+    def out_of_memory(module, args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = engine.model.language_model.register_forward_pre_hook(out_of_memory)
+    try:
+        with pytest.raises(GenerationError, match="ran out of memory"):
+            run(engine, follow)
+    finally:
+        hook.remove()
     again = run(engine, follow)
     assert again.timings["reused_tokens"] == 0 and engine.vision_calls == calls + 2
     assert again.token_ids == run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), follow).token_ids
@@ -197,9 +206,8 @@ def test_generation_resumes_on_other_threads(engine):
 def test_grounding_markup_of_an_answer_goes_back_as_special_tokens(checkpoints):
     tok = load_tokenizer(checkpoints["eagle_2_5_vl"])
     markup = "<ref>cat</ref><box>[[1,2,3,4]]</box>"
-    turns = [Turn(user=markup, images=[], frames=[], timestamps=[], answer=f"Here: {markup}."),
-             Turn(user="Thanks", images=[], frames=[], timestamps=[])]
-    ids = build_prompt(turns, "", tok, tokens_per_tile=256).input_ids
+    turns = [Turn(Message("user", markup), answer=f"Here: {markup}."), Turn(Message("user", "Thanks"))]
+    ids = build_prompt(turns, {}, "", tok, tokens_per_tile=256).input_ids
     specials = tok.convert_tokens_to_ids(["<ref>", "</ref>", "<box>", "</box>"])
     assert [ids.count(i) for i in specials] == [1, 1, 1, 1]  # the answer's markup only, not the user's
     assert tok.decode(ids).count(markup) == 2
@@ -234,7 +242,7 @@ def test_greedy_answer_equals_transformers_generate(engine, images, penalty):
     gen = run(engine, [Message("user", "What is in this image?", images=images[:1])], settings)
     twin = transformers_twin(engine.model.language_model)
     with torch.inference_mode():
-        embeds = engine._embed_prompt(gen.prompt)
+        embeds = engine.runner.embed_prompt(gen.prompt)
         out = twin.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
                             generation_config=GenerationConfig(
                                 max_new_tokens=24, do_sample=False, repetition_penalty=penalty,
@@ -260,31 +268,32 @@ def test_a_checkpoint_without_dynamic_tiling_gets_one_tile_per_image(tmp_path, i
     assert gen.num_tiles == [1, 1]
 
 
-def test_a_cpu_reads_tiles_and_prompt_in_steps_it_reports_and_the_answer_is_the_same(checkpoints, images,
-                                                                                   monkeypatch):
+def test_a_cpu_reads_tiles_and_prompt_in_steps_it_reports_and_the_answer_is_the_same(checkpoints, images):
     settings = GenerationSettings(temperature=0.0, max_new_tokens=8, max_tiles=6)
     messages = [Message("user", "Describe both.", images=images[:2])]
     stages = []
-    monkeypatch.setattr(engine_module, "CPU_PREFILL_CHUNK", 100)
-    gen = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings,
-              progress=lambda fraction, text: stages.append(text))
+    engine = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu")
+    engine.load()
+    runner = engine.runner
+    runner.prefill_chunk = 100
+    gen = run(engine, messages, settings, progress=lambda fraction, text: stages.append(text))
     tiles, tokens = sum(gen.num_tiles), len(gen.prompt_token_ids)
     assert tokens > 300  # several prompt steps, one of them not full
-    steps = [f"reading the images: {done} of {tiles} tiles" for done in range(0, tiles, engine_module.CPU_VISION_CHUNK)]
+    steps = [f"reading the images: {done} of {tiles} tiles" for done in range(0, tiles, CPU_VISION_CHUNK)]
     prompt = [f"reading the prompt: {done:,} of {tokens:,} tokens" for done in range(0, tokens, 100)]
     assert stages == steps + prompt
-    engine = gen.engine
     with torch.inference_mode():
-        embeds = engine._embed_prompt(gen.prompt)
+        embeds = runner.embed_prompt(gen.prompt)
         engine.clear_caches()
-        stepped, _ = engine._prefill(gen.prompt, embeds)
-        monkeypatch.setattr(engine_module, "CPU_PREFILL_CHUNK", 10_000)  # all at once, as on a GPU
+        stepped, _ = runner.prefill(gen.prompt, embeds)
+        runner.prefill_chunk = None  # all at once, as on a GPU
         engine.clear_caches()
-        whole, _ = engine._prefill(gen.prompt, embeds)
+        whole, _ = runner.prefill(gen.prompt, embeds)
     torch.testing.assert_close(stepped, whole, rtol=1e-4, atol=1e-4)
-    monkeypatch.setattr(engine_module, "CPU_VISION_CHUNK", 10_000)
-    at_once = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings)
-    assert gen.token_ids == at_once.token_ids
+    at_once = Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu")
+    at_once.load()
+    at_once.runner.vision_chunk = None
+    assert gen.token_ids == run(at_once, messages, settings).token_ids
 
 
 def test_cpu_int8_quantizes_every_linear_layer_and_answers(checkpoints, images):

@@ -168,15 +168,15 @@ def test_the_corpus_leaves_no_thread_or_memory_behind(client, app_server, corpus
 
 
 def test_distinct_uploads_keep_the_image_cache_within_its_budget(client, app_server, tmp_path):
-    """Each image is 25 tiles, 60 MB: a cache counted in entries would keep all ten (600 MB)."""
-    from eagle_demo.engine import PIXEL_CACHE_BYTES
+    """Each image is 25 tiles, 15 MB: a cache counted in entries would keep all ten (150 MB)."""
+    from eagle_demo.media_cache import PIXEL_CACHE_BYTES, visuals_of
 
-    cache = app_server.engine._pixels
+    cache = app_server.engine.media.pixels
     for i in range(10):
         image = make_image(tmp_path / f"distinct{i}.png", (1800 + i, 1200))
         assert client.predict("What is this?", [handle_file(str(image))], **{**QUICK, "max_tiles": 24},
                               api_name="/chat").strip()
-    visuals = [v for value in cache._items.values() for v in (value[0] if isinstance(value, tuple) else [value])]
+    visuals = [v for entry in cache.values() for v in visuals_of(entry)]
     held_bytes = sum(v.pixel_values.nbytes for v in visuals)  # counted here, not by the cache's bookkeeping
-    print(f"image cache: {held_bytes / 2**20:.0f} MB in {len(cache._items)} entries")
+    print(f"image cache: {held_bytes / 2**20:.0f} MB in {len(cache)} entries")
     assert 0 < held_bytes <= PIXEL_CACHE_BYTES

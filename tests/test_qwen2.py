@@ -2,8 +2,11 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from eagle_demo.model.attention import FilledLength
 from eagle_demo.model.config import TextConfig
 from eagle_demo.model.qwen2 import Qwen2LM
 
@@ -41,6 +44,38 @@ def test_cached_steps_and_resumed_prefill_match_one_pass(pair):
     cache = ours.new_cache(64)
     first = ours(ours.embed(ids[:, :8]), torch.arange(8), cache)
     middle = ours(ours.embed(ids[:, 8:15]), torch.arange(8, 15), cache)  # resumes after a cached prefix
-    steps = [ours(ours.embed(ids[:, p:p + 1]), torch.tensor([p]), cache, attend_len=64) for p in range(15, 20)]
+    steps = []  # one-token steps over a fixed span of 64, the filled length read on the device
+    for p in range(15, 20):
+        filled = FilledLength("masked", 64, torch.device("cpu"))
+        filled.filled.fill_(p + 1)
+        steps.append(ours(ours.embed(ids[:, p:p + 1]), torch.tensor([p]), cache, filled))
     got = ours.logits(torch.cat([first, middle, *steps], dim=1)[0])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+class LargestTensor(TorchDispatchMode):
+    """The most elements any op's new output holds (not views, nor tensors written in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view or func._schema.is_mutable:
+            return out
+        self.numel = max([self.numel] + [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)])
+        return out
+
+
+@torch.inference_mode()
+def test_a_follow_up_at_16k_context_makes_no_mask(pair):
+    """A follow-up turn's prefill (a CPU's step of 512 new tokens after 15,872 cached ones) attends
+    causally from its offset: nothing of [new tokens x context] size (a mask, or scores) is made."""
+    _, ours = pair
+    context, new = 16384, 512
+    cache = ours.new_cache(context)
+    largest = LargestTensor()
+    with largest:
+        ours(torch.randn(1, new, DIMS["hidden_size"]), torch.arange(context - new, context), cache)
+    assert largest.numel <= new * DIMS["intermediate_size"]  # the MLP's activations

@@ -2,18 +2,24 @@
 
 Attribute names follow the checkpoint (`model.layers.0.self_attn.q_proj.weight`, ...), so weights
 load one to one. The forward pass takes embeddings rather than ids because image features are
-spliced into the sequence before the model sees it. Every shape in `forward` depends only on the
-input length and `attend_len`, never on tensor values, so a one-token step can be captured as a
-CUDA graph.
+spliced into the sequence before the model sees it. How the queries attend over the cache is the
+caller's `attention` (model/attention.py); with `FilledLength` every shape depends only on the input
+length, never on tensor values, so a one-token step can be captured as a CUDA graph.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import CausalFrom
 from .config import TextConfig
+
+# (q [B, H, L, D], this layer's key cache, its value cache) -> [B, L, H * D]
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class KVCache:
@@ -64,7 +70,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, input_pos, cache: KVCache, attend_len: int, mask):
+    def forward(self, x, cos, sin, input_pos, cache: KVCache, attention: AttendFn):
         b, length, _ = x.shape
         q = self.q_proj(x).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
@@ -74,21 +80,7 @@ class Attention(nn.Module):
         k_all, v_all = cache.k[self.layer_idx], cache.v[self.layer_idx]
         k_all.index_copy_(2, input_pos, k.to(k_all.dtype))
         v_all.index_copy_(2, input_pos, v.to(v_all.dtype))
-        k_all, v_all = k_all[:, :, :attend_len], v_all[:, :, :attend_len]
-        if mask is None:  # a fresh prompt from position 0 (causal), or one token that sees everything
-            out = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=length > 1, enable_gqa=True)
-        else:
-            # Fold the query heads sharing a key/value head into the query length: masked attention
-            # with grouped heads would otherwise fall back to the math kernel, which copies the
-            # whole cache once per group on every decode step.
-            groups = self.n_heads // self.n_kv
-            q = q.reshape(b, self.n_kv, groups * length, self.head_dim)
-            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask.repeat(groups, 1))
-            # CUDA's fused kernels return a transposed view of a (B, L, H, D) buffer, so only
-            # layout-free steps: unflatten (always a view), then permute and reshape (a copy if needed).
-            out = out.unflatten(2, (groups, length)).permute(0, 3, 1, 2, 4)
-            return self.o_proj(out.reshape(b, length, -1))
-        return self.o_proj(out.transpose(1, 2).reshape(b, length, -1))
+        return self.o_proj(attention(q, k_all, v_all))
 
 
 class MLP(nn.Module):
@@ -110,8 +102,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, input_pos, cache, attend_len, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, cache, attend_len, mask)
+    def forward(self, x, cos, sin, input_pos, cache, attention):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, cache, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -149,25 +141,20 @@ class Qwen2LM(nn.Module):
         return self.model.embed_tokens(input_ids)
 
     def forward(self, embeds: torch.Tensor, input_pos: torch.Tensor, cache: KVCache,
-                attend_len: int | None = None, sees_all: bool = False) -> torch.Tensor:
+                attention: AttendFn | None = None) -> torch.Tensor:
         """Run `embeds` [1, L, H] at positions `input_pos` [L]; return the final hidden states.
 
-        Keys and values are written into `cache` at `input_pos`; queries attend to the first
-        `attend_len` cache slots (default: up to the last input position), masked causally.
-        sees_all: one token whose `attend_len` slots are all at or before it, so no mask is needed
-        (an all-True mask would cost a copy per query head group, every decode step).
+        Keys and values are written into `cache` at `input_pos`; the queries attend over it as
+        `attention` says (default: causally from the first position, read on the host).
         """
-        if attend_len is None:
-            attend_len = int(input_pos[-1]) + 1
-        fresh = attend_len == embeds.shape[1]  # positions 0..L-1: the causal kernel needs no mask
-        mask = None if fresh or sees_all else (
-            torch.arange(attend_len, device=embeds.device)[None, :] <= input_pos[:, None])
+        if attention is None:
+            attention = CausalFrom(int(input_pos[0]))
         angles = input_pos.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)
         cos, sin = angles.cos().to(embeds.dtype), angles.sin().to(embeds.dtype)
         x = embeds
         for layer in self.model.layers:
-            x = layer(x, cos, sin, input_pos, cache, attend_len, mask)
+            x = layer(x, cos, sin, input_pos, cache, attention)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
