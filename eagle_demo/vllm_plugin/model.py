@@ -58,7 +58,7 @@ class Eagle2ImageProcessor:
         """An image's tiles as the engine makes them from the same file: the grid chosen from its full
         size, its pixels decoded by media.py (a big JPEG at the reduced scale the engine decodes it at)
         from the bytes vLLM received; vLLM's own decode where there are none, or media.py cannot open them."""
-        decoded = _as_image(item.media if isinstance(item, MediaWithBytes) else item)
+        decoded = _decoded(item)
         cols, rows, _ = self.layout(*decoded.size, max_tiles)
         image = decoded
         if isinstance(item, MediaWithBytes):
@@ -71,7 +71,7 @@ class Eagle2ImageProcessor:
         """`images` as vLLM received them (Eagle2MultiModalProcessor._get_hf_mm_inputs)."""
         out = {}
         if images:
-            sizes = [_as_image(image.media if isinstance(image, MediaWithBytes) else image).size for image in images]
+            sizes = [_decoded(image).size for image in images]
             max_tiles = self.fitted_max_tiles(sizes, sum(len(video) for video in videos or []), max_dynamic_patch)
             tiles = [self.image_tiles(image, max_tiles) for image in images]
             out |= {"pixel_values_flat": torch.cat(tiles), "image_num_patches": torch.tensor([len(t) for t in tiles])}
@@ -85,6 +85,11 @@ class Eagle2ImageProcessor:
 
 def _as_image(frame) -> Image.Image:
     return frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame)).convert("RGB")
+
+
+def _decoded(item) -> Image.Image:
+    """vLLM's decode of an image it received (beside the file's bytes, or alone)."""
+    return _as_image(item.media if isinstance(item, MediaWithBytes) else item)
 
 
 class Eagle2ProcessingInfo(BaseProcessingInfo):
