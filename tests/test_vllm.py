@@ -189,13 +189,13 @@ def test_tiles_are_lowered_to_fit_the_servers_context_as_the_engine_lowers_them(
 
 
 def test_tiles_lowered_in_a_later_turn_never_take_the_earlier_turns_cached_state(server, fitted_engine, tmp_path):
-    """Two photos at 13 tiles, a question about them, then a third photo: all three lowered to 7 tiles.
-    vLLM (prefix caching on, its default) keeps the first two at 13 tiles in its prefix and encoder
-    caches; the third turn must not take them. Turn by turn, the prompt ids and greedy tokens are the
+    """A photo at 13 tiles, a question about it, then two more photos: all three lowered to 7 tiles.
+    vLLM (prefix caching on, its default) holds the first at 13 tiles in its prefix and encoder caches;
+    the third turn must not take it from there. Turn by turn, the prompt ids and greedy tokens are the
     engine's."""
     photos = [picture(tmp_path, f"turns-{i}", *PHOTO, seed=30 + i) for i in range(3)]
-    questions = [Message("user", "Compare them.", photos[:2]), Message("user", "Which one is brighter?"),
-                 Message("user", "And this one?", photos[2:])]
+    questions = [Message("user", "What is it?", photos[:1]), Message("user", "Which colour is it?"),
+                 Message("user", "And these?", photos[1:])]
     conversation = []
     for number, question in enumerate(questions, 1):
         conversation.append(question)
@@ -205,10 +205,10 @@ def test_tiles_lowered_in_a_later_turn_never_take_the_earlier_turns_cached_state
 
 
 def test_an_image_cached_at_more_tiles_is_not_reused_once_lowered(server, fitted_engine, tmp_path):
-    """A conversation leaves two photos at 13 tiles in vLLM's caches; another sends them beside a third,
-    all lowered to 7 tiles: the engine's prompt ids and greedy tokens."""
+    """A conversation leaves a photo at 13 tiles in vLLM's caches; another sends it beside two more, all
+    lowered to 7 tiles: the engine's prompt ids and greedy tokens."""
     photos = [picture(tmp_path, f"again-{i}", *PHOTO, seed=40 + i) for i in range(3)]
-    served_greedy(server, [Message("user", "Compare them.", photos[:2])], settings=AT_12)
+    served_greedy(server, [Message("user", "What is it?", photos[:1])], settings=AT_12)
     ours = assert_served_as_the_engine_serves(server, fitted_engine, [Message("user", "Compare them.", photos)], AT_12)
     assert ours.num_tiles == [7, 7, 7]
 
