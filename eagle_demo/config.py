@@ -30,6 +30,11 @@ class Limits:
 
 
 LIMITS = Limits()
+# `eval`: benchmark images are enlarged 2x before tiling (a document scan becomes 100+ megapixels, a
+# lossless copy of it hundreds of MB), and a question with several 12-tile images needs the language
+# model's whole 32K context, as Eagle2's own evaluation gave it.
+EVAL_LIMITS = Limits(max_upload_mb=2048, max_image_pixels=170_000_000, max_image_side=40_000,
+                     max_prompt_chars=32_000, context_tokens=32_768)
 # Clients that may wait for each answer slot (--concurrency); beyond that a new one is told the app is busy.
 QUEUED_PER_ANSWER_SLOT = 20
 
