@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from . import media
 from .backend import Progress, no_progress
 from .config import LIMITS, GenerationSettings, Limits
@@ -33,6 +35,9 @@ REFUSED = ("The model server refused this message: it holds more than the server
            "Clear the chat, and try again.")
 NOT_SERVED = "The model server does not serve {model} now. Pick another model, or reload the page."
 FAILED = "The model server failed on this answer. Try again; if it goes on failing, its log says why."
+# The tokens the engine ends an answer at (Eagle2's turn markers, its tokenizer's eos and pad): vLLM ends
+# at the eos alone unless told
+STOP_TOKENS = "<|im_end|><|im_start|><|endoftext|>"
 TILE_SIZE = 448  # every Eagle2 checkpoint's tile (force_image_size): video frames are sent at it
 
 
@@ -82,6 +87,23 @@ class ServerModel:
 
     def __init__(self, menu: ServerMenu, name: str, context_tokens: int | None = None):
         self.menu, self.name, self.context_tokens = menu, name, context_tokens
+        self._stop_token_ids: list[int] | None = None
+
+    def stop_token_ids(self) -> list[int]:
+        """The ids of STOP_TOKENS in the server's tokenizer (vLLM's /tokenize), read once; none from a
+        server without that endpoint, or whose tokenizer lacks them."""
+        if self._stop_token_ids is None:
+            try:
+                reply = httpx.post(self.menu.url.rstrip("/") + "/tokenize", timeout=60,
+                                   json={"model": self.name, "prompt": STOP_TOKENS, "add_special_tokens": False})
+            except httpx.HTTPError as e:
+                raise ServerError(UNREACHABLE.format(host=self.menu.host)) from e
+            try:
+                tokens = reply.json().get("tokens", []) if reply.status_code == 200 else []
+            except ValueError:  # not JSON: not vLLM's endpoint
+                tokens = []
+            self._stop_token_ids = tokens if len(tokens) == STOP_TOKENS.count("<|") else []
+        return self._stop_token_ids
 
     def first_word_estimate(self, images, video, settings) -> None:
         return None  # the server's speed is not known here
@@ -167,7 +189,8 @@ class ServerAnswer:
         # need the server's --trust-request-mm-kwargs
         processing = {"max_dynamic_patch": s.max_tiles, "video_timestamps": self.request.video_timestamps}
         extra = {"top_k": s.top_k or -1, "repetition_penalty": s.repetition_penalty, "return_token_ids": True,
-                 "mm_processor_kwargs": processing, "media_io_kwargs": {"video": {"num_frames": -1}}}
+                 "stop_token_ids": self.model.stop_token_ids(), "mm_processor_kwargs": processing,
+                 "media_io_kwargs": {"video": {"num_frames": -1}}}
         return dict(model=self.model.name, messages=self.request.messages, stream=True, temperature=s.temperature,
                     top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed, extra_body=extra)
 

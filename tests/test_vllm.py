@@ -28,7 +28,7 @@ from PIL import Image
 from eagle_demo.config import LIMITS, GenerationSettings
 from eagle_demo.conversation import Message, checked_turns
 from eagle_demo.engine import Engine
-from eagle_demo.server_client import ServerRequest
+from eagle_demo.server_client import ServerMenu, ServerRequest
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT, free_port, launched_app
 from tests.media_factory import make_photo, make_video
@@ -108,11 +108,13 @@ def served_greedy(server, messages: list[Message], full_length: bool = True,
                   settings: GenerationSettings = GREEDY) -> dict:
     """vLLM's greedy answer to the conversation, sent as the app's server client sends it (images as
     PNG data URLs, videos as their sampled frames and times), with its token ids (`full_length`:
-    past end tokens, and with them in the text)."""
+    past end tokens, and with them in the text; otherwise ending where the app asks it to)."""
+    stop_ids = [] if full_length else ServerMenu(server.url).model(SERVED).stop_token_ids()
     request = ServerRequest.of(checked_turns(messages, SYSTEM, LIMITS), SYSTEM, settings.num_frames, LIMITS)
     reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=600, json={
         "model": SERVED, "messages": request.messages, "temperature": 0, "max_tokens": settings.max_new_tokens,
         "ignore_eos": full_length, "return_token_ids": True, "skip_special_tokens": not full_length,
+        "stop_token_ids": stop_ids,
         "mm_processor_kwargs": {"max_dynamic_patch": settings.max_tiles, "video_timestamps": request.video_timestamps},
         "media_io_kwargs": {"video": {"num_frames": -1}}})
     assert reply.status_code == 200, reply.text
@@ -460,6 +462,15 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
     assert running_requests(server) == 0 and answer.finish_reason == "cancelled"
     assert len(answer.token_ids) < 4000
     assert list(menu.model(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # the server is free
+
+
+def test_the_server_is_asked_to_end_answers_where_the_engine_ends_them(front_end, checkpoint):
+    """vLLM ends an answer at its tokenizer's eos alone; the engine also at `<|im_start|>` and the pad
+    token. The app sends the engine's stop ids with every request."""
+    _, menu = front_end
+    engine = Engine(str(checkpoint), device="cpu", dtype="float32")
+    engine.load()  # not the module's engines: they are told to write past their stop ids
+    assert sorted(menu.model(SERVED).stop_token_ids()) == sorted(engine.stop_ids)
 
 
 def test_with_concurrency_two_users_are_answered_at_once(front_end, server):
