@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import checkpoint, default_device, emit  # noqa: E402
-from eagle_demo.evaluation.backends import NativeBackend, prepare_images  # noqa: E402
+from eagle_demo.evaluation.backends import EvalModel, prepare_images  # noqa: E402
 from eagle_demo.evaluation.data import read_tsv  # noqa: E402
 from eagle_demo.evaluation.presets import benchmark  # noqa: E402
 from eagle_demo.evaluation.prompts import question_as_sent  # noqa: E402
@@ -60,20 +60,21 @@ def eval_items_per_s(path: Path, device: str, items: int, new_tokens: int = 32) 
     folder = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     preset = benchmark("OCRBench")
     data = read_tsv(ocr_style_set(folder, items))
-    backend = NativeBackend(str(path), device=device, dtype="bfloat16" if device.startswith("cuda") else None)
+    backend = EvalModel.native(str(path), device=device, dtype="bfloat16" if device.startswith("cuda") else None)
     backend.load()
-    backend.engine.stop_ids = set()  # random weights: the full length, the same for both
+    engine = backend.backend.model(backend.name)
+    engine.stop_ids = set()  # random weights: the full length, the same for both
     settings = preset.settings(new_tokens)
     run(backend, preset, data[:1], folder / "warm-up.jsonl", max_new_tokens=new_tokens)  # compile, caches, threads
 
-    backend.engine.clear_caches()  # the warm-up's image would be found there
+    engine.clear_caches()  # the warm-up's image would be found there
     start = time.perf_counter()
     records, _ = run(backend, preset, data, folder / "OCRBench.jsonl", max_new_tokens=new_tokens)
     eval_s = time.perf_counter() - start
 
     prepared = [(question_as_sent(preset, item), prepare_images(item.images(), preset.upscaled, folder))
                 for item in data]
-    backend.engine.clear_caches()  # both start from the same cold caches
+    engine.clear_caches()  # both start from the same cold caches
     start = time.perf_counter()
     for question, images in prepared:
         backend.answer(question, images, settings)

@@ -27,6 +27,10 @@ class Limits:
     max_chat_chars: int = 131_072  # 8 characters a token
     max_chat_messages: int = 1_000
     context_tokens: int = 16_384  # the upstream tokenizer's model_max_length
+    # Chats kept in the visitor's browser (localStorage holds about 5 MB a site): the most recent
+    # ones, as many as fit in this many characters
+    max_saved_chats: int = 20
+    max_saved_chars: int = 1_000_000
 
 
 LIMITS = Limits()

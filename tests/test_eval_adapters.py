@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import REAL_TOKENIZER
-from eagle_demo.evaluation.backends import NativeBackend
+from eagle_demo.evaluation.backends import EvalModel
 from eagle_demo.evaluation.presets import benchmark
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT
 from tests.eval_data import picture
+from tests.support import REAL_TOKENIZER
 
 VENV = Path(os.environ.get("LMMS_VENV") or ROOT / ".lmms-venv")
 # lets torchvision's CUDA-built wheel (an lmms-eval dependency) import beside the CPU torch
@@ -37,7 +37,6 @@ NEW_TOKENS = 6
 
 pytestmark = [
     pytest.mark.skipif(not (VENV / "bin" / "python").is_file(), reason=f"no lmms-eval virtualenv at {VENV}"),
-    pytest.mark.skipif(not REAL_TOKENIZER.is_dir(), reason="the real Eagle2 tokenizer (../shared) is absent"),
 ]
 
 SAVE_DATASET = """
@@ -174,7 +173,7 @@ def test_vlmevalkit_runs_the_registered_model_class_as_eval_run_answers(model, t
                    cwd=tmp_path, env_extra={"LMUData": str(data)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     theirs = json.loads(done.stdout.splitlines()[-1])
-    ours, _ = run(NativeBackend(str(model), device="cpu", dtype="float32"), benchmark("ChartQA_TEST"), read_tsv(tsv),
+    ours, _ = run(EvalModel.native(str(model), device="cpu", dtype="float32"), benchmark("ChartQA_TEST"), read_tsv(tsv),
                   tmp_path / "ours.jsonl", max_new_tokens=NEW_TOKENS)
     # VLMEvalKit's spreadsheet reads an empty answer back as NaN
     assert {str(r["index"]): r["prediction"] or "nan" for r in ours} == theirs

@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.common import REAL_TOKENIZER
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT
 from tests.eval_data import chartqa_rows, encoded, picture, write_tsv
-
-pytestmark = pytest.mark.skipif(not REAL_TOKENIZER.is_dir(), reason="the real Eagle2 tokenizer (../shared) is absent")
+from tests.support import REAL_TOKENIZER
 
 TILE = 448  # pixels a side; SigLIP's 14-pixel patches make 32 x 32, pixel-shuffled 2 x 2 into 256 tokens
 TOKENS_PER_TILE = (TILE // 14 // 2) ** 2

@@ -11,18 +11,22 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import media, preprocessing
+from ..backend import Backend
 from ..config import EVAL_LIMITS, GenerationSettings
 from ..conversation import Message
+from ..errors import UserError
+from ..server_client import TILE_SIZE
 from .presets import SYSTEM_PROMPT
 
 UPSCALE = 2
 
 
 @dataclass
-class Answer:
+class ItemAnswer:
     text: str  # stripped, as the model's chat() returned it
     tiles: list[int]  # per image
-    prompt_token_ids: list[int] | None = None  # the native engine's only
+    prompt_token_ids: list[int] | None = None
     token_ids: list[int] | None = None
     finish_reason: str | None = None
 
@@ -44,66 +48,49 @@ def prepare_images(images: list[Image.Image], upscaled: bool, folder: Path) -> l
     return paths
 
 
-class NativeBackend:
-    """The native engine; one answer at a time (the engine serialises them), media prepared in parallel."""
+class EvalModel:
+    """One model of a `backend.Backend` (the native menu, or a server's), asked one item at a time."""
 
-    def __init__(self, model: str, device: str | None = None, dtype: str | None = None):
-        from ..engine import Engine
+    def __init__(self, backend: Backend, name: str, counts_tiles: bool):
+        self.backend, self.name = backend, name
+        self.counts_tiles = counts_tiles  # the native engine reports each image's tiles; a server does not
 
-        self.name = model
-        self.engine = Engine(model, device=device, dtype=dtype, limits=EVAL_LIMITS)
+    @classmethod
+    def native(cls, model: str, device: str | None = None, dtype: str | None = None) -> EvalModel:
+        from ..models import ModelMenu
 
-    def load(self) -> None:
-        self.engine.load()
+        menu = ModelMenu([model], device=device, dtype=dtype, limits=EVAL_LIMITS)
+        return cls(menu, menu.names[0], counts_tiles=True)
 
-    def answer(self, text: str, images: list[str], settings: GenerationSettings,
-               cancel: threading.Event | None = None) -> Answer:
-        from ..engine import PromptError
-        from ..media import MediaError
-
-        try:
-            generation = self.engine.chat([Message("user", text, images=images)], SYSTEM_PROMPT, settings, cancel)
-        except (PromptError, MediaError) as e:
-            raise ItemError(str(e)) from None
-        for _ in generation:
-            pass
-        prompt_ids = [int(i) for i in generation.prompt_token_ids]
-        return Answer(generation.text.strip(), list(generation.num_tiles), prompt_ids, list(generation.token_ids),
-                      generation.finish_reason)
-
-
-class ServerBackend:
-    """A served model: `model` where the server serves it, else the one model it serves."""
-
-    def __init__(self, url: str, model: str | None = None):
+    @classmethod
+    def server(cls, url: str, model: str | None = None) -> EvalModel:
+        """`model` where the server serves it, else the one model it serves."""
         from ..server_client import ServerMenu
 
-        self.menu = ServerMenu(url, EVAL_LIMITS)
-        if model in self.menu.names:
-            self.name = model
-        elif len(self.menu.names) == 1:
-            self.name = self.menu.names[0]
-        else:
-            raise ValueError(f"The server at {url} serves {', '.join(self.menu.names)}: name one with --model.")
+        menu = ServerMenu(url, EVAL_LIMITS)
+        if model in menu.names:
+            return cls(menu, model, counts_tiles=False)
+        if len(menu.names) == 1:
+            return cls(menu, menu.names[0], counts_tiles=False)
+        raise ValueError(f"The server at {url} serves {', '.join(menu.names)}: name one with --model.")
 
     def load(self) -> None:
-        pass
+        with self.backend.use(self.name):
+            pass
 
     def answer(self, text: str, images: list[str], settings: GenerationSettings,
-               cancel: threading.Event | None = None) -> Answer:
-        from .. import media, preprocessing
-        from ..server_client import REFUSED, TILE_SIZE, ServerError
-
-        reply = self.menu.engine(self.name).chat([Message("user", text, images=images)], SYSTEM_PROMPT, settings,
-                                                 cancel)
+               cancel: threading.Event | None = None) -> ItemAnswer:
         try:
-            for _ in reply:
-                pass
-        except ServerError as e:
-            if str(e) == REFUSED:
+            with self.backend.use(self.name) as model:
+                reply = model.chat([Message("user", text, images=images)], SYSTEM_PROMPT, settings, cancel)
+                for _ in reply:
+                    pass
+        except UserError as e:
+            if e.status in (400, 413):  # this item, as it is: recorded, the run goes on
                 raise ItemError(str(e)) from None
             raise
-        # the server tiles as the engine does; counted here from the sizes, as the server does not say
-        tiles = [preprocessing.count_tiles(*media.image_size(path, EVAL_LIMITS), settings.max_tiles,
-                                           tile_size=TILE_SIZE, use_thumbnail=True) for path in images]
-        return Answer(reply.text.strip(), tiles, None, list(reply.token_ids), reply.finish_reason)
+        tiles = list(reply.num_tiles) if self.counts_tiles else [  # the server tiles as the engine does
+            preprocessing.count_tiles(*media.image_size(path, EVAL_LIMITS), settings.max_tiles, TILE_SIZE, True)
+            for path in images]
+        return ItemAnswer(reply.text.strip(), tiles, [int(i) for i in reply.prompt_token_ids] or None,
+                          list(reply.token_ids), reply.finish_reason)

@@ -61,7 +61,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def _run(args, chosen) -> int:
     from . import report
-    from .backends import NativeBackend, ServerBackend
+    from .backends import EvalModel
     from .data import read_items
     from .runner import run
 
@@ -69,8 +69,8 @@ def _run(args, chosen) -> int:
                         ("--concurrency", args.concurrency)):
         _positive(name, value)
     items = read_items(args.data, args.split)[: args.limit]
-    backend = ServerBackend(args.server, args.model) if args.server else \
-        NativeBackend(args.model, device=args.device, dtype=args.dtype)
+    backend = EvalModel.server(args.server, args.model) if args.server else \
+        EvalModel.native(args.model, device=args.device, dtype=args.dtype)
     out = Path(args.out)
     records, finished = run(backend, chosen, items, out / f"{chosen.name}.jsonl", max_new_tokens=args.max_new_tokens,
                             concurrency=args.concurrency, rules=args.rules)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import DEFAULT_MODEL
 from . import presets
-from .backends import NativeBackend, ServerBackend, prepare_images
+from .backends import EvalModel, prepare_images
 
 # lmms-eval's task -> the VLMEvalKit benchmark whose preset it takes; other tasks take the default
 # (6 tiles, upscaled), as the adapter gave benchmarks it did not name.
@@ -46,7 +46,7 @@ class Eagle2(lmms):
                  benchmark: str | None = None, max_new_tokens: int | None = None, device: str | None = None,
                  dtype: str | None = None, batch_size: int = 1, **unused):
         super().__init__()
-        self.backend = ServerBackend(server, pretrained) if server else NativeBackend(pretrained, device, dtype)
+        self.backend = EvalModel.server(server, pretrained) if server else EvalModel.native(pretrained, device, dtype)
         self.backend.load()
         self.concurrency = max(1, int(concurrency))
         self.benchmark_name = benchmark

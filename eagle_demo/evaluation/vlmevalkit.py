@@ -22,7 +22,7 @@ from vlmeval.vlm.base import BaseModel
 
 from ..config import DEFAULT_MODEL
 from . import presets
-from .backends import NativeBackend, ServerBackend, prepare_images
+from .backends import EvalModel, prepare_images
 from .data import Item
 from .prompts import question_as_sent
 
@@ -40,7 +40,7 @@ class Eagle2(BaseModel):
     def __init__(self, model_path: str = DEFAULT_MODEL, server: str | None = None, max_new_tokens: int | None = None,
                  device: str | None = None, dtype: str | None = None, **unused):
         super().__init__()
-        self.backend = ServerBackend(server, model_path) if server else NativeBackend(model_path, device, dtype)
+        self.backend = EvalModel.server(server, model_path) if server else EvalModel.native(model_path, device, dtype)
         self.max_new_tokens = max_new_tokens
 
     @staticmethod
