@@ -188,7 +188,9 @@ class ServerAnswer:
         # the plugin's tiling and frame times; every frame sent kept (vLLM keeps 32 otherwise): these two
         # need the server's --trust-request-mm-kwargs
         processing = {"max_dynamic_patch": s.max_tiles, "video_timestamps": self.request.video_timestamps}
-        extra = {"top_k": s.top_k or -1, "repetition_penalty": s.repetition_penalty, "return_token_ids": True,
+        # the engine's repetition penalty (over the answer alone) is the plugin's; vLLM's own covers the prompt too
+        extra = {"top_k": s.top_k or -1, "vllm_xargs": {"answer_repetition_penalty": s.repetition_penalty},
+                 "return_token_ids": True,
                  "stop_token_ids": self.model.stop_token_ids(), "mm_processor_kwargs": processing,
                  "media_io_kwargs": {"video": {"num_frames": -1}}}
         return dict(model=self.model.name, messages=self.request.messages, stream=True, temperature=s.temperature,
@@ -199,9 +201,9 @@ class ServerAnswer:
         from openai import APIConnectionError, APIStatusError, NotFoundError
 
         if isinstance(error, NotFoundError):
-            return ServerError(NOT_SERVED.format(model=self.model.name))
+            return ServerError(NOT_SERVED.format(model=self.model.name), 404)
         if isinstance(error, APIStatusError) and error.status_code in (400, 413, 422):
-            return ServerError(self.model.refused())
+            return ServerError(self.model.refused(), 413)  # this message, as it is: not the server's fault
         if isinstance(error, APIConnectionError):
             return ServerError(UNREACHABLE.format(host=self.model.menu.host))
         return ServerError(FAILED)

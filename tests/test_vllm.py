@@ -333,14 +333,14 @@ def test_eval_run_through_the_server_gives_the_engines_greedy_predictions(server
     import subprocess
     import sys
 
-    from eagle_demo.evaluation.backends import NativeBackend
+    from eagle_demo.evaluation.backends import EvalModel
     from eagle_demo.evaluation.data import read_tsv
     from eagle_demo.evaluation.presets import benchmark
     from eagle_demo.evaluation.runner import read_records, run
     from tests.eval_data import chartqa_rows, write_tsv
 
     data = write_tsv(tmp_path / "ChartQA_TEST.tsv", chartqa_rows([(300, 200), (200, 300), (500, 180)]))
-    native, _ = run(NativeBackend(str(checkpoint), device="cpu", dtype="float32"), benchmark("ChartQA_TEST"),
+    native, _ = run(EvalModel.native(str(checkpoint), device="cpu", dtype="float32"), benchmark("ChartQA_TEST"),
                     read_tsv(data), tmp_path / "native" / "ChartQA_TEST.jsonl", max_new_tokens=8)
     done = subprocess.run([sys.executable, "-m", "eagle_demo", "eval", "run", "--benchmark", "ChartQA_TEST", "--data",
                            str(data), "--server", server.url, "--concurrency", "2", "--model", SERVED, "--out",
@@ -464,13 +464,34 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
     assert list(menu.model(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # the server is free
 
 
-def test_the_server_is_asked_to_end_answers_where_the_engine_ends_them(front_end, checkpoint):
+@pytest.fixture(scope="module")
+def stopping_engine(checkpoint) -> Engine:
+    """The engine as the app runs it, ending answers at its stop ids (the module's others write past them)."""
+    engine = Engine(str(checkpoint), device="cpu", dtype="float32")
+    engine.load()
+    return engine
+
+
+def test_the_server_is_asked_to_end_answers_where_the_engine_ends_them(front_end, stopping_engine):
     """vLLM ends an answer at its tokenizer's eos alone; the engine also at `<|im_start|>` and the pad
     token. The app sends the engine's stop ids with every request."""
     _, menu = front_end
-    engine = Engine(str(checkpoint), device="cpu", dtype="float32")
-    engine.load()  # not the module's engines: they are told to write past their stop ids
-    assert sorted(menu.model(SERVED).stop_token_ids()) == sorted(engine.stop_ids)
+    assert sorted(menu.model(SERVED).stop_token_ids()) == sorted(stopping_engine.stop_ids)
+
+
+def test_the_repetition_penalty_covers_the_answer_alone_as_on_the_engine(front_end, stopping_engine, tmp_path):
+    """vLLM's own penalty also covers the prompt's tokens; the app asks for the plugin's, over the answer
+    alone, as the engine's: the same greedy tokens at the highest penalty (vLLM's include the stop token)."""
+    _, menu = front_end
+    settings = replace(GREEDY, repetition_penalty=2.0, max_new_tokens=24)
+    conversation = [Message("user", "Describe it, then say it again.", [picture(tmp_path, "again", 640, 480, seed=80)])]
+    ours = stopping_engine.chat(conversation, SYSTEM, settings)
+    list(ours)
+    theirs = menu.model(SERVED).chat(conversation, SYSTEM, settings)
+    list(theirs)
+    assert theirs.prompt_token_ids == [int(i) for i in ours.prompt_token_ids]
+    ends = [] if ours.finish_reason == "length" else theirs.token_ids[-1:]
+    assert theirs.token_ids == [*ours.token_ids, *ends] and set(ends) <= stopping_engine.stop_ids
 
 
 def test_with_concurrency_two_users_are_answered_at_once(front_end, server):
@@ -515,6 +536,7 @@ def test_what_the_server_refuses_is_said_to_the_user(problem, front_end, tmp_pat
     with pytest.raises(ServerError) as refused:
         list(model.chat([question], SYSTEM, GREEDY))
     assert str(refused.value) == expected.format(model="Eagle2-9B", context=f"{SERVER_CONTEXT:,} tokens")
+    assert refused.value.status == (413 if problem == "too many images" else 404)  # the API's answer; eval's item error
     assert list(menu.model(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # and it goes on serving
 
 

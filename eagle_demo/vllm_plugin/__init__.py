@@ -17,9 +17,11 @@ def register() -> None:
     from vllm import ModelRegistry
     from vllm.renderers.registry import RENDERER_REGISTRY
 
+    from . import penalty
     from .config import register_configs
 
     register_configs()
+    penalty.register()
     RENDERER_REGISTRY.register("hf", f"{__name__}.renderer", "Eagle2Renderer")  # see renderer.py
     for architecture, name in MODELS.items():  # the first replaces vLLM's own (InternVL's tiling and normalisation)
         ModelRegistry.register_model(architecture, f"eagle_demo.vllm_plugin.model:{name}")
