@@ -481,10 +481,15 @@ def test_the_server_is_asked_to_end_answers_where_the_engine_ends_them(front_end
 
 def test_the_repetition_penalty_covers_the_answer_alone_as_on_the_engine(front_end, stopping_engine, tmp_path):
     """vLLM's own penalty also covers the prompt's tokens; the app asks for the plugin's, over the answer
-    alone, as the engine's: the same greedy tokens at the highest penalty (vLLM's include the stop token)."""
+    alone, as the engine's: the same greedy tokens at the highest penalty (vLLM's include the stop token),
+    with the engine's answer typed back in the question (its tokens in the prompt)."""
     _, menu = front_end
     settings = replace(GREEDY, repetition_penalty=2.0, max_new_tokens=24)
-    conversation = [Message("user", "Describe it, then say it again.", [picture(tmp_path, "again", 640, 480, seed=80)])]
+    image = picture(tmp_path, "again", 640, 480, seed=80)
+    first = stopping_engine.chat([Message("user", "Describe it, then say it again.", [image])], SYSTEM, settings)
+    list(first)
+    echoed = stopping_engine.tokenizer.decode(first.token_ids, skip_special_tokens=True)
+    conversation = [Message("user", f"Describe it, then say it again. {echoed}", [image])]
     ours = stopping_engine.chat(conversation, SYSTEM, settings)
     list(ours)
     theirs = menu.model(SERVED).chat(conversation, SYSTEM, settings)
