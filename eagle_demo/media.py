@@ -7,13 +7,18 @@ meant for that user. Limits come from `eagle_demo.config.LIMITS`.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
+
+try:
+    import av
+except ImportError:  # videos only: the vLLM plugin decodes images here, in vLLM's environment, which may lack PyAV
+    av = None
 
 from eagle_demo.config import LIMITS, Limits
 from eagle_demo.errors import UserError
@@ -120,14 +125,31 @@ def open_image(path: str | Path, limits: Limits = LIMITS, min_size: tuple[int, i
     """
     path = Path(path)
     with _open_lazy(path, limits) as img:
-        if min_size is not None:
-            img.draft(None, min_size[::-1] if _transposed(img) else min_size)  # no-op unless JPEG
-        try:
-            img.load()  # the first frame of an animation
-        except Exception:
-            raise MediaError(f"{path.name} is truncated or corrupt.") from None
-        if _orientation(img) != 1:
-            ImageOps.exif_transpose(img, in_place=True)
+        return _decoded(img, path.name, min_size)
+
+
+def decode_image(data: bytes, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """An image file's bytes decoded as open_image decodes the file, for a reader that has checked
+    them against its own limits already (the vLLM plugin: vLLM has opened them)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Exception:  # Pillow raises many types for foreign or damaged headers
+        raise MediaError(f"The image is not one this app can open; send {IMAGE_KINDS}.") from None
+    with img:
+        return _decoded(img, "The image", min_size)
+
+
+def _decoded(img: Image.Image, name: str, min_size: tuple[int, int] | None) -> Image.Image:
+    if min_size is not None:
+        img.draft(None, min_size[::-1] if _transposed(img) else min_size)  # no-op unless JPEG
+    try:
+        img.load()  # the first frame of an animation
+    except Exception:
+        raise MediaError(f"{name} is truncated or corrupt.") from None
+    if _orientation(img) != 1:
+        ImageOps.exif_transpose(img, in_place=True)
     return _to_rgb(img)
 
 

@@ -290,6 +290,32 @@ def visual_run(ids: PromptTokens, tiles: int, tokens_per_tile: int) -> list[int]
     return [ids.img_start] + [ids.img_context] * (tokens_per_tile * tiles) + [ids.img_end]
 
 
+def chat_pieces(system: str, turns: Sequence[tuple[list, str, str | None]], ids: PromptTokens,
+                tokenizer) -> list:
+    """The ChatML layout of Eagle2's chat(): the system prompt, then per turn the question (its visuals'
+    pieces first, as the caller lays them out) and the answer, if any. Structural special tokens are
+    ids; everything else is text, to be tokenized by `token_ids`."""
+    pieces: list = [ids.im_start, f"system\n{system}", ids.im_end, "\n"]
+    for visuals, question, answer in turns:
+        pieces += [ids.im_start, "user\n", *visuals, question, ids.im_end, "\n", ids.im_start, "assistant\n"]
+        if answer:  # an empty answer renders like a missing one, as in the official template
+            pieces += [*_answer_pieces(answer, tokenizer), ids.im_end, "\n"]
+    return pieces
+
+
+def token_ids(pieces: Sequence, tokenizer, other=lambda piece: [piece]) -> list[int]:
+    """The ids of `pieces`: each run of text tokenized as one string with special tokens split off (so
+    text never becomes a special token or a placeholder), ids as they are, anything else through `other`."""
+    out: list[int] = []
+    for is_text, run in groupby(pieces, key=lambda piece: isinstance(piece, str)):
+        if is_text:
+            out += tokenizer("".join(run), add_special_tokens=False, split_special_tokens=True).input_ids
+        else:
+            for piece in run:
+                out += other(piece) if not isinstance(piece, int) else [piece]
+    return out
+
+
 def build_prompt(turns: Sequence[Turn], visuals: Mapping[str, Visual | TiledVideo], system: str, tokenizer,
                  tokens_per_tile: int) -> Prompt:
     """Token ids of the conversation in the layout of Eagle2's chat() (ChatML).
@@ -305,39 +331,26 @@ def build_prompt(turns: Sequence[Turn], visuals: Mapping[str, Visual | TiledVide
     """
     ids = PromptTokens.from_tokenizer(tokenizer)
     single_image = sum(len(t.question.images) for t in turns) == 1 and not any(t.question.video for t in turns)
-    pieces: list[str | int | Visual] = [ids.im_start, f"system\n{system}", ids.im_end, "\n"]
-    k = 0
+    laid_out, k = [], 0
     for turn in turns:
-        pieces += [ids.im_start, "user\n"]
+        shown: list = []
         for path in turn.question.images:
             k += 1
-            pieces += [visuals[path], "\n"] if single_image else [image_label(k), visuals[path], "\n"]
+            shown += [visuals[path], "\n"] if single_image else [image_label(k), visuals[path], "\n"]
         if turn.question.video:
             video = visuals[turn.question.video]
-            pieces.append(VIDEO_INTRO)
+            shown.append(VIDEO_INTRO)
             for i, (frame, t) in enumerate(zip(video.frames, video.timestamps, strict=True), 1):
                 k += 1
-                pieces += [frame_label(i, t), frame, "\n"]
-        pieces += [turn.question.text, ids.im_end, "\n", ids.im_start, "assistant\n"]
-        if turn.answer:  # an empty answer renders like a missing one, as in the official template
-            pieces += [*_answer_pieces(turn.answer, tokenizer), ids.im_end, "\n"]
-    return _tokenized(pieces, ids, tokenizer, tokens_per_tile)
-
-
-def _tokenized(pieces: list[str | int | Visual], ids: PromptTokens, tokenizer, tokens_per_tile: int) -> Prompt:
-    """Text runs tokenized (special tokens split off), ids kept, each visual as its <img> run."""
+                shown += [frame_label(i, t), frame, "\n"]
+        laid_out.append((shown, turn.question.text, turn.answer))
     prompt = Prompt(input_ids=[], visuals=[], num_tiles=[])
-    for is_text, run in groupby(pieces, key=lambda piece: isinstance(piece, str)):
-        if is_text:
-            text = "".join(run)
-            prompt.input_ids += tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
-            continue
-        for piece in run:
-            if isinstance(piece, Visual):
-                tiles = piece.pixel_values.shape[0]
-                prompt.input_ids += visual_run(ids, tiles, tokens_per_tile)
-                prompt.visuals.append(piece)
-                prompt.num_tiles.append(tiles)
-            else:
-                prompt.input_ids.append(piece)
+
+    def visual(piece: Visual) -> list[int]:
+        tiles = piece.pixel_values.shape[0]
+        prompt.visuals.append(piece)
+        prompt.num_tiles.append(tiles)
+        return visual_run(ids, tiles, tokens_per_tile)
+
+    prompt.input_ids = token_ids(chat_pieces(system, laid_out, ids, tokenizer), tokenizer, visual)
     return prompt

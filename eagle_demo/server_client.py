@@ -1,33 +1,43 @@
 """The remote backend: answers from an OpenAI-compatible server (vLLM with this project's plugin).
 
 `ServerMenu` is the second implementation of `backend.Backend` (beside the native `ModelMenu`), and
-`ServerModel` of `backend.ChatModel`: the faces cannot tell them apart. Images are checked and opened by media.py as
-for the native engine, and sent as lossless PNG data URLs, so the server tiles the same pixels.
+`ServerModel` of `backend.ChatModel`: the faces cannot tell them apart. A conversation passes the same checks as for
+the native engine (conversation.checked_turns, then media.py on each file) before anything is sent. Images go as
+their files' own bytes, which the plugin decodes with media.py as the engine does (a big JPEG at reduced scale), so
+the server tiles the same pixels; videos as the frames the engine would sample.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import mimetypes
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
+
+import httpx
 
 from . import media
 from .backend import Progress, no_progress
 from .config import LIMITS, GenerationSettings, Limits
-from .conversation import Message
+from .conversation import Message, Turn, checked_turns
 from .errors import UserError
 
 UNREACHABLE = ("The model server at {host} does not answer. Check that it runs and that this address is right "
                "(--server / EAGLE_SERVER).")
-REFUSED = ("The model server refused this message: it holds more than the server takes (images per message, "
-           "or its context length). Send fewer images, or lower Max tiles, and try again.")
+REFUSED = ("The model server refused this message: it holds more than the server takes ({context} of context, "
+           "and its own number of images per message). Send fewer images or video frames, lower Max tiles, or "
+           "Clear the chat, and try again.")
 NOT_SERVED = "The model server does not serve {model} now. Pick another model, or reload the page."
 FAILED = "The model server failed on this answer. Try again; if it goes on failing, its log says why."
+# The tokens the engine ends an answer at (Eagle2's turn markers, its tokenizer's eos and pad): vLLM ends
+# at the eos alone unless told
+STOP_TOKENS = "<|im_end|><|im_start|><|endoftext|>"
 TILE_SIZE = 448  # every Eagle2 checkpoint's tile (force_image_size): video frames are sent at it
 
 
@@ -51,10 +61,13 @@ class ServerMenu:
         self.url, self.host, self.limits = url, urlsplit(url).netloc or url, limits
         self.client = _client(url)
         try:
-            self.names = [model.id for model in self.client.models.list()]
+            served = list(self.client.models.list())
         except Exception as e:  # openai's connection and status errors
             raise ServerError(UNREACHABLE.format(host=self.host)) from e
-        self._models = {name: ServerModel(self, name) for name in self.names}
+        self.names = [model.id for model in served]
+        # vLLM names each model's context (--max-model-len): the limit a refusal tells the user
+        self._models = {model.id: ServerModel(self, model.id, getattr(model, "max_model_len", None))
+                        for model in served}
 
     def model(self, name: str) -> ServerModel:
         return self._models[name]
@@ -72,8 +85,25 @@ class ServerModel:
 
     loaded = True  # the server loaded it: nothing to load here
 
-    def __init__(self, menu: ServerMenu, name: str):
-        self.menu, self.name = menu, name
+    def __init__(self, menu: ServerMenu, name: str, context_tokens: int | None = None):
+        self.menu, self.name, self.context_tokens = menu, name, context_tokens
+        self._stop_token_ids: list[int] | None = None
+
+    def stop_token_ids(self) -> list[int]:
+        """The ids of STOP_TOKENS in the server's tokenizer (vLLM's /tokenize), read once; none from a
+        server without that endpoint, or whose tokenizer lacks them."""
+        if self._stop_token_ids is None:
+            try:
+                reply = httpx.post(self.menu.url.rstrip("/") + "/tokenize", timeout=60,
+                                   json={"model": self.name, "prompt": STOP_TOKENS, "add_special_tokens": False})
+            except httpx.HTTPError as e:
+                raise ServerError(UNREACHABLE.format(host=self.menu.host)) from e
+            try:
+                tokens = reply.json().get("tokens", []) if reply.status_code == 200 else []
+            except ValueError:  # not JSON: not vLLM's endpoint
+                tokens = []
+            self._stop_token_ids = tokens if len(tokens) == STOP_TOKENS.count("<|") else []
+        return self._stop_token_ids
 
     def first_word_estimate(self, images, video, settings) -> None:
         return None  # the server's speed is not known here
@@ -84,8 +114,12 @@ class ServerModel:
     def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
              cancel: threading.Event | None = None, progress: Progress | None = None) -> ServerAnswer:
         settings = settings or GenerationSettings()
-        request = ServerRequest.of(messages, system, settings.num_frames, self.menu.limits)
+        turns = checked_turns(messages, system, self.menu.limits)
+        request = ServerRequest.of(turns, system, settings.num_frames, self.menu.limits)
         return ServerAnswer(self, request, settings, cancel or threading.Event(), progress)
+
+    def refused(self) -> str:
+        return REFUSED.format(context=f"{self.context_tokens:,} tokens" if self.context_tokens else "its length")
 
 
 def _png_base64(image, compress_level: int) -> str:
@@ -95,8 +129,11 @@ def _png_base64(image, compress_level: int) -> str:
 
 
 def image_url(path: str, limits: Limits) -> str:
-    """The image as media.py opens it (checked, upright, RGB), as a lossless PNG data URL."""
-    return "data:image/png;base64," + _png_base64(media.open_image(path, limits), compress_level=1)
+    """The image file's own bytes as a data URL, once media.py has opened it as the engine would (the same
+    checks, the same messages). The plugin decodes those bytes with media.py, as the engine decodes the file."""
+    media.open_image(path, limits)
+    kind = mimetypes.guess_type(path)[0] or "application/octet-stream"  # vLLM reads the format from the bytes
+    return f"data:{kind};base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def video_url(clip: media.VideoClip) -> str:
@@ -113,21 +150,22 @@ class ServerRequest:
     video_timestamps: list[list[float]]
 
     @classmethod
-    def of(cls, messages: list[Message], system: str, num_frames: int, limits: Limits) -> ServerRequest:
-        """The system prompt always sent (an empty one too, as the engine writes it); images, then the
-        video, then the text, as the app lays them out. Frames are sampled here as the engine samples
-        them, at the tile size, so the server tiles the same pixels."""
+    def of(cls, turns: list[Turn], system: str, num_frames: int, limits: Limits) -> ServerRequest:
+        """The checked turns (conversation.checked_turns): the system prompt always sent (an empty one
+        too, as the engine writes it); each question's images, then its video, then its text, as the
+        app lays them out. Frames are sampled here as the engine samples them, at the tile size, so the
+        server tiles the same pixels."""
         out, times = [{"role": "system", "content": system}], []
-        for message in messages:
-            if message.role == "assistant":
-                out.append({"role": "assistant", "content": message.text})
-                continue
-            parts = [{"type": "image_url", "image_url": {"url": image_url(p, limits)}} for p in message.images]
-            if message.video:
-                clip = media.sample_video(message.video, num_frames, limits, frame_size=(TILE_SIZE, TILE_SIZE))
+        for turn in turns:
+            question = turn.question
+            parts = [{"type": "image_url", "image_url": {"url": image_url(p, limits)}} for p in question.images]
+            if question.video:
+                clip = media.sample_video(question.video, num_frames, limits, frame_size=(TILE_SIZE, TILE_SIZE))
                 parts.append({"type": "video_url", "video_url": {"url": video_url(clip)}})
                 times.append(clip.timestamps)
-            out.append({"role": "user", "content": [*parts, {"type": "text", "text": message.text}]})
+            out.append({"role": "user", "content": [*parts, {"type": "text", "text": question.text}]})
+            if turn.answer is not None:
+                out.append({"role": "assistant", "content": turn.answer})
         return cls(out, times)
 
 
@@ -150,24 +188,35 @@ class ServerAnswer:
         # the plugin's tiling and frame times; every frame sent kept (vLLM keeps 32 otherwise): these two
         # need the server's --trust-request-mm-kwargs
         processing = {"max_dynamic_patch": s.max_tiles, "video_timestamps": self.request.video_timestamps}
-        extra = {"top_k": s.top_k or -1, "repetition_penalty": s.repetition_penalty, "return_token_ids": True,
-                 "mm_processor_kwargs": processing, "media_io_kwargs": {"video": {"num_frames": -1}}}
+        # the engine's repetition penalty (over the answer alone) is the plugin's; vLLM's own covers the prompt too
+        extra = {"top_k": s.top_k or -1, "vllm_xargs": {"answer_repetition_penalty": s.repetition_penalty},
+                 "return_token_ids": True,
+                 "stop_token_ids": self.model.stop_token_ids(), "mm_processor_kwargs": processing,
+                 "media_io_kwargs": {"video": {"num_frames": -1}}}
         return dict(model=self.model.name, messages=self.request.messages, stream=True, temperature=s.temperature,
                     top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed, extra_body=extra)
 
-    def __iter__(self) -> Iterator[str]:
+    def _failure(self, error: Exception) -> ServerError:
+        """What an error of the openai client means for the user, in one of this module's messages."""
         from openai import APIConnectionError, APIStatusError, NotFoundError
+
+        if isinstance(error, NotFoundError):
+            return ServerError(NOT_SERVED.format(model=self.model.name), 404)
+        if isinstance(error, APIStatusError) and error.status_code in (400, 413, 422):
+            return ServerError(self.model.refused(), 413)  # this message, as it is: not the server's fault
+        if isinstance(error, APIConnectionError):
+            return ServerError(UNREACHABLE.format(host=self.model.menu.host))
+        return ServerError(FAILED)
+
+    def __iter__(self) -> Iterator[str]:
+        from openai import APIError
 
         self.progress(None, "sending to the model server…")
         start = time.perf_counter()
         try:
             stream = self.model.menu.client.chat.completions.create(**self._request())
-        except NotFoundError as e:
-            raise ServerError(NOT_SERVED.format(model=self.model.name)) from e
-        except APIStatusError as e:
-            raise ServerError(REFUSED if e.status_code in (400, 413, 422) else FAILED) from e
-        except APIConnectionError as e:
-            raise ServerError(UNREACHABLE.format(host=self.model.menu.host)) from e
+        except APIError as e:  # every error the openai client raises (status, connection, a malformed reply)
+            raise self._failure(e) from e
         first = last = None
         try:
             for chunk in stream:
@@ -184,8 +233,8 @@ class ServerAnswer:
                         first = first or last
                         self.text += delta
                         yield delta
-        except APIConnectionError as e:
-            raise ServerError(UNREACHABLE.format(host=self.model.menu.host)) from e
+        except APIError as e:  # also an error the server sends within the stream
+            raise self._failure(e) from e
         finally:
             stream.close()  # also when the caller stops early: the server ends the request
             if first is not None:

@@ -25,6 +25,14 @@ VLLM_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VL
 # Debian's libtcmalloc-minimal4). --vllm-preload auto takes those that are found.
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 
+def vllm_env(venv: Path) -> dict[str, str]:
+    """The environment of a process in vLLM's virtualenv `venv` (the shim first on its PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(VLLM_ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")])),
+               PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
 class VllmServer:
     """vLLM's OpenAI-compatible server for a model folder, a subprocess in a session of its own (stopped whole)."""
 
@@ -33,9 +41,7 @@ class VllmServer:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path, self.timeout_s = log, timeout_s
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-        env.update(VLLM_ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")])),
-                   PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+        env = vllm_env(venv)
         found = [next((p for p in TCMALLOC if Path(p).is_file()), None), venv / "lib" / "libiomp5.so"]
         self.preload = [str(p) for p in found if preload and p and Path(p).is_file()]
         if self.preload:

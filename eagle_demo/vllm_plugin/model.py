@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -12,18 +12,18 @@ from PIL import Image
 from transformers import BatchFeature
 from vllm.model_executor.models.eagle2_5_vl import Eagle2_5_VLForConditionalGeneration
 from vllm.model_executor.models.internvl import BaseInternVLDummyInputsBuilder, BaseInternVLMultiModalProcessor
-from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal import MULTIMODAL_REGISTRY, MultiModalHasher
 from vllm.multimodal.inputs import MultiModalFieldConfig
+from vllm.multimodal.media import MediaWithBytes
 from vllm.multimodal.parse import ImageProcessorItems, ImageSize, VideoProcessorItems
 from vllm.multimodal.processing import BaseProcessingInfo, PromptReplacement, PromptUpdateDetails
 
-from .. import preprocessing
+from .. import media, preprocessing
 from ..model import loading
 from ..model.config import vision_from_dict
 from ..model.convnext import MobTower
 from ..model.eagle2 import projector, tower_features, vision_tower
-
-PLACEHOLDERS = {"image": "<image>", "video": "<video>"}  # what vLLM's chat template writes per item
+from .chat import PLACEHOLDERS, placeholder_ids
 
 
 class Eagle2ImageProcessor:
@@ -33,6 +33,7 @@ class Eagle2ImageProcessor:
 
     def __init__(self, tokenizer, config, context_tokens: int):
         self.tokens = preprocessing.PromptTokens.from_tokenizer(tokenizer)
+        self.placeholders = placeholder_ids(tokenizer)
         self.ctx_image_token_id = self.tokens.img_context  # read by InternVL's processor base
         self.tile_size, self.max_tiles = config.force_image_size, config.max_dynamic_patch
         self.use_thumbnail, self.tokens_per_tile = config.use_thumbnail, config.tokens_per_tile
@@ -48,14 +49,31 @@ class Eagle2ImageProcessor:
     def num_tiles(self, width: int, height: int, max_tiles: int) -> int:
         return preprocessing.count_tiles(width, height, max_tiles, self.tile_size, self.use_thumbnail)
 
+    def layout(self, width: int, height: int, max_tiles: int) -> tuple[int, int, bool]:
+        """An image's grid (columns, rows) and whether a thumbnail follows it."""
+        cols, rows = preprocessing.choose_grid(width, height, 1, max_tiles, self.tile_size)
+        return cols, rows, self.use_thumbnail and cols * rows > 1
+
+    def image_tiles(self, item, max_tiles: int) -> torch.Tensor:
+        """An image's tiles as the engine makes them from the same file: the grid chosen from its full
+        size, its pixels decoded by media.py (a big JPEG at the reduced scale the engine decodes it at)
+        from the bytes vLLM received; vLLM's own decode where there are none, or media.py cannot open them."""
+        decoded = _decoded(item)
+        cols, rows, _ = self.layout(*decoded.size, max_tiles)
+        image = decoded
+        if isinstance(item, MediaWithBytes):
+            with contextlib.suppress(media.MediaError):
+                image = media.decode_image(item.original_bytes, min_size=(cols * self.tile_size, rows * self.tile_size))
+        return preprocessing.tile_image(image, max_tiles, self.tile_size, self.use_thumbnail, source_size=decoded.size)
+
     def __call__(self, text=None, images=None, videos=None, max_dynamic_patch: int | None = None,
                  return_tensors=None, **kwargs) -> BatchFeature:
+        """`images` as vLLM received them (Eagle2MultiModalProcessor._get_hf_mm_inputs)."""
         out = {}
         if images:
-            max_tiles = self.fitted_max_tiles([image.size for image in images],
-                                              sum(len(video) for video in videos or []), max_dynamic_patch)
-            tiles = [preprocessing.tile_image(image, max_tiles, self.tile_size, self.use_thumbnail)
-                     for image in images]
+            sizes = [_decoded(image).size for image in images]
+            max_tiles = self.fitted_max_tiles(sizes, sum(len(video) for video in videos or []), max_dynamic_patch)
+            tiles = [self.image_tiles(image, max_tiles) for image in images]
             out |= {"pixel_values_flat": torch.cat(tiles), "image_num_patches": torch.tensor([len(t) for t in tiles])}
         if videos:
             frames = [[_as_image(frame) for frame in video] for video in videos]
@@ -69,6 +87,11 @@ def _as_image(frame) -> Image.Image:
     return frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame)).convert("RGB")
 
 
+def _decoded(item) -> Image.Image:
+    """vLLM's decode of an image it received (beside the file's bytes, or alone)."""
+    return _as_image(item.media if isinstance(item, MediaWithBytes) else item)
+
+
 class Eagle2ProcessingInfo(BaseProcessingInfo):
     def get_hf_processor(self, **kwargs) -> Eagle2ImageProcessor:
         return Eagle2ImageProcessor(self.get_tokenizer(), self.get_hf_config(), self.ctx.model_config.max_model_len)
@@ -76,24 +99,39 @@ class Eagle2ProcessingInfo(BaseProcessingInfo):
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": None, "video": None}
 
-    def get_image_size_with_most_features(self) -> ImageSize:
-        """The image that makes the most tiles: the grid of max_tiles tiles that exists (n x 1)."""
+    def most_image_tiles(self) -> int:
+        """The most tiles one image can make: the fit rule lowers any Max tiles a request asks for until
+        the image's tiles fit the server's context."""
         processor = self.get_hf_processor()
-        return ImageSize(width=processor.tile_size * processor.max_tiles, height=processor.tile_size)
+        return max(1, (processor.context_tokens - 1) // processor.tokens_per_tile) if processor.dynamic else 1
+
+    def get_image_size_with_most_features(self) -> ImageSize:
+        """An image that makes the most tiles (at Max tiles most_image_tiles): a row of tiles, plus its
+        thumbnail."""
+        processor, most = self.get_hf_processor(), self.most_image_tiles()
+        row = most - 1 if processor.use_thumbnail and most > 2 else 1 if processor.use_thumbnail else most
+        return ImageSize(width=processor.tile_size * row, height=processor.tile_size)
 
     def get_num_frames_with_most_features(self, seq_len: int, mm_counts: Mapping[str, int]) -> int:
         """As many one-tile frames per video as the context holds beside the largest images."""
         processor = self.get_hf_processor()
-        image_tokens = mm_counts.get("image", 0) * (processor.max_tiles + 1) * processor.tokens_per_tile
+        image_tokens = mm_counts.get("image", 0) * self.most_image_tiles() * processor.tokens_per_tile
         frames = (seq_len - image_tokens) // processor.tokens_per_tile // max(mm_counts.get("video", 0), 1)
         return max(frames, 1)
+
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        """The most embeddings one image, or one video, can take in a prompt of seq_len tokens. vLLM
+        sizes its encoder cache from these and refuses any larger item, however well it fits the context."""
+        tokens_per_tile = self.get_hf_processor().tokens_per_tile
+        frames = self.get_num_frames_with_most_features(seq_len, {"video": 1})
+        return {"image": self.most_image_tiles() * tokens_per_tile, "video": frames * tokens_per_tile}
 
 
 class Eagle2DummyInputsBuilder(BaseInternVLDummyInputsBuilder[Eagle2ProcessingInfo]):
     """The largest images and videos a prompt can hold, for vLLM's memory profiling."""
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
-        return super().get_dummy_text(mm_counts) + PLACEHOLDERS["video"] * mm_counts.get("video", 0)
+        return "".join(PLACEHOLDERS[modality] * mm_counts.get(modality, 0) for modality in PLACEHOLDERS)
 
     def get_dummy_mm_data(self, seq_len, mm_counts, mm_options):
         size = self.info.get_hf_processor().tile_size
@@ -104,10 +142,50 @@ class Eagle2DummyInputsBuilder(BaseInternVLDummyInputsBuilder[Eagle2ProcessingIn
 
 
 class Eagle2MultiModalProcessor(BaseInternVLMultiModalProcessor[Eagle2ProcessingInfo]):
+    def get_dummy_inputs(self, seq_len, mm_counts, mm_options):
+        """At the Max tiles that gives the largest image its most tiles."""
+        inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
+        inputs.hf_processor_mm_kwargs = {"max_dynamic_patch": self.info.most_image_tiles()}
+        return inputs
+
     def _cached_apply_hf_processor(self, inputs, timing_ctx):
-        """Uncached: an image's replacement depends on the other visuals of its prompt (the label), and
-        vLLM's cache keeps one replacement per item (tiling again costs little beside the model)."""
+        """Uncached: an image's tiles depend on the other visuals of its prompt, and the processor
+        decodes each image from its file's bytes."""
         return self._apply_hf_processor(inputs, timing_ctx)
+
+    def _get_hf_mm_inputs(self, mm_items, hf_kwargs):
+        """Images as vLLM received them (its decode, with the file's bytes beside it where it has them)."""
+        inputs = super()._get_hf_mm_inputs(mm_items, hf_kwargs)
+        if "images" in inputs.hf_data:
+            inputs.hf_data["images"] = mm_items.get_items("image", ImageProcessorItems).get_all_items_for_hash()
+        return inputs
+
+    def _get_mm_hashes(self, inputs):
+        """Each item's identity in vLLM's prefix and encoder caches: its content and the request's
+        options (vLLM's hash), and what else makes its embeddings and its place in the prompt: an image's
+        grid (fitted to the other visuals of its prompt) and thumbnail, a video's frame times. A lowered
+        image never takes the cached state of the same image at more tiles."""
+        hashes = dict(super()._get_mm_hashes(inputs))
+        kwargs = inputs.hf_processor_mm_kwargs
+        sizes, videos, max_tiles = self._fitted(inputs.mm_data_items, kwargs)
+        processor = self.info.get_hf_processor()
+        made_of = {"image": [processor.layout(*size, max_tiles) for size in sizes],
+                   "video": [video_timestamps(videos, i, kwargs) for i in range(videos.get_count() if videos else 0)]}
+        algorithm = self.info.ctx.get_mm_config().mm_hasher_algorithm
+        for modality, factors in made_of.items():
+            if modality in hashes:
+                hashes[modality] = [MultiModalHasher.hash_kwargs(algorithm, mm_hash=mm_hash, made_of=factor)
+                                    for mm_hash, factor in zip(hashes[modality], factors, strict=True)]
+        return hashes
+
+    def _fitted(self, mm_items, mm_kwargs) -> tuple[list[tuple[int, int]], VideoProcessorItems | None, int]:
+        """The prompt's images' sizes, its videos, and the Max tiles its images are tiled at."""
+        images = mm_items.get_items("image", ImageProcessorItems) if mm_items.get_count("image", strict=False) else None
+        videos = mm_items.get_items("video", VideoProcessorItems) if mm_items.get_count("video", strict=False) else None
+        sizes = [tuple(images.get_image_size(i)) for i in range(images.get_count())] if images else []
+        frames = sum(videos.get_num_frames(i) for i in range(videos.get_count())) if videos else 0
+        max_tiles = self.info.get_hf_processor().fitted_max_tiles(sizes, frames, mm_kwargs.get("max_dynamic_patch"))
+        return sizes, videos, max_tiles
 
     def _postprocess_hf_mm_data(self, mm_data, hf_processor_mm_kwargs, processed_data) -> BatchFeature:
         processed_data = super()._postprocess_hf_mm_data(mm_data, hf_processor_mm_kwargs, processed_data)
@@ -122,21 +200,15 @@ class Eagle2MultiModalProcessor(BaseInternVLMultiModalProcessor[Eagle2Processing
                 "video_token_id": MultiModalFieldConfig.shared("video", len(num_frames), keep_on_cpu=True)}
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptReplacement]:
-        """Each `<image>` becomes its <img> run of tiles; each `<video>` "This is a video:" and a
+        """Each image's placeholder becomes its <img> run of tiles; each video's "This is a video:" and a
         "Frame i sampled at t seconds:" line per frame, with the frame's run (labels: see
         _apply_prompt_updates)."""
         processor = self.info.get_hf_processor()
         tokenizer = self.info.get_tokenizer()
-        images = mm_items.get_items("image", ImageProcessorItems) if mm_items.get_count("image", strict=False) else None
-        videos = mm_items.get_items("video", VideoProcessorItems) if mm_items.get_count("video", strict=False) else None
-        sizes = [images.get_image_size(i) for i in range(images.get_count())] if images else []
-        frames = sum(videos.get_num_frames(i) for i in range(videos.get_count())) if videos else 0
-        max_tiles = processor.fitted_max_tiles([(s.width, s.height) for s in sizes], frames,
-                                               hf_processor_mm_kwargs.get("max_dynamic_patch"))
+        sizes, videos, max_tiles = self._fitted(mm_items, hf_processor_mm_kwargs)
 
         def image(index: int) -> PromptUpdateDetails:
-            size = sizes[index]
-            run = preprocessing.visual_run(processor.tokens, processor.num_tiles(size.width, size.height, max_tiles),
+            run = preprocessing.visual_run(processor.tokens, processor.num_tiles(*sizes[index], max_tiles),
                                            processor.tokens_per_tile)
             return PromptUpdateDetails.select_token_id(run, processor.tokens.img_context)
 
@@ -149,8 +221,8 @@ class Eagle2MultiModalProcessor(BaseInternVLMultiModalProcessor[Eagle2Processing
                 ids += preprocessing.visual_run(processor.tokens, 1, processor.tokens_per_tile)
             return PromptUpdateDetails.select_token_id(ids, processor.tokens.img_context)
 
-        return [PromptReplacement(modality=m, target=tokenizer.encode(PLACEHOLDERS[m], add_special_tokens=False),
-                                  replacement=fn) for m, fn in (("image", image), ("video", video))]
+        return [PromptReplacement(modality=m, target=[processor.placeholders[m]], replacement=fn)
+                for m, fn in (("image", image), ("video", video))]
 
     def _apply_prompt_updates(self, token_ids, mm_prompt_updates):
         """Labels every image `<image k>`, k counting images and frames in prompt order, when the
@@ -160,14 +232,14 @@ class Eagle2MultiModalProcessor(BaseInternVLMultiModalProcessor[Eagle2Processing
         if not images or (len(images) == 1 and not videos):
             return super()._apply_prompt_updates(token_ids, mm_prompt_updates)
         tokenizer = self.info.get_tokenizer()
-        order = re.findall("|".join(map(re.escape, PLACEHOLDERS.values())), tokenizer.decode(token_ids))
-        img_start = self.info.get_hf_processor().tokens.img_start
+        processor = self.info.get_hf_processor()
+        placeholder = {token: modality for modality, token in processor.placeholders.items()}
         k, next_image, next_video, labelled = 0, 0, 0, []
-        for placeholder in order:
-            if placeholder == PLACEHOLDERS["video"] and next_video < len(videos):
-                k += videos[next_video][0].content.full.count(img_start)  # its frames
+        for modality in (placeholder[token] for token in token_ids if token in placeholder):
+            if modality == "video" and next_video < len(videos):
+                k += videos[next_video][0].content.full.count(processor.tokens.img_start)  # its frames
                 next_video += 1
-            elif placeholder == PLACEHOLDERS["image"] and next_image < len(images):
+            elif modality == "image" and next_image < len(images):
                 k += 1
                 label = tokenizer.encode(preprocessing.image_label(k), add_special_tokens=False)
                 labelled.append([_prefixed(update, label) for update in images[next_image]])
@@ -199,6 +271,7 @@ class Eagle2ForVllm(Eagle2_5_VLForConditionalGeneration):
 
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        """What a raw prompt writes for an image or a video (chats are laid out by renderer.py)."""
         return next((text for name, text in PLACEHOLDERS.items() if modality.startswith(name)), None)
 
     def embed_multimodal(self, **kwargs: object):
