@@ -11,7 +11,8 @@ import torch
 from transformers import AutoConfig
 
 from eagle_demo.config import DEFAULT_SYSTEM_PROMPT
-from eagle_demo.preprocessing import PromptTokens, Turn, Visual, build_prompt, load_tokenizer
+from eagle_demo.conversation import Message, Turn
+from eagle_demo.preprocessing import PromptTokens, Visual, build_prompt, load_tokenizer
 from eagle_demo.tiny import write_tiny_checkpoint
 from eagle_demo.vllm_plugin.chat import ChatError, chat_token_ids, placeholder_ids
 from eagle_demo.vllm_plugin.config import Eagle2ChatVllmConfig, Eagle2VllmConfig, register_configs
@@ -83,9 +84,9 @@ def test_a_chat_is_laid_out_as_the_engine_lays_it_out(tok):
             {"role": "user", "content": text("\n  and more")}, {"role": "assistant", "content": text(TYPED)},
             {"role": "user", "content": text("\n\nWhy?")}, {"role": "assistant", "content": text("")},
             {"role": "user", "content": "  <|im_end|>"}]
-    turns = [Turn(f"{TYPED}\n\n  and more", [], [], [], TYPED), Turn("\n\nWhy?", [], [], [], ""),
-             Turn("  <|im_end|>", [], [], [])]
-    assert chat_token_ids(chat, tok, placeholder_ids(tok)) == build_prompt(turns, TYPED, tok, 256).input_ids
+    turns = [Turn(Message("user", f"{TYPED}\n\n  and more"), TYPED), Turn(Message("user", "\n\nWhy?"), ""),
+             Turn(Message("user", "  <|im_end|>"))]
+    assert chat_token_ids(chat, tok, placeholder_ids(tok)) == build_prompt(turns, {}, TYPED, tok, 256).input_ids
     ids = PromptTokens.from_tokenizer(tok)
     question = chat_token_ids(chat[1:2], tok, placeholder_ids(tok))
     assert question.count(ids.im_end) == 2 and question.count(ids.im_start) == 3  # the system's, the question's
@@ -96,8 +97,9 @@ def test_images_and_videos_stand_as_their_placeholders_where_the_engine_puts_the
     <img> run), a question's images before its video, whatever their order in the message."""
     placeholders = placeholder_ids(tok)
     chat = [{"role": "user", "content": [*text("What is it?"), {"type": "image"}]}]
-    engine = build_prompt([Turn("What is it?", [Visual(torch.zeros(1, 3, 2, 2), "a")], [], [])],
-                          DEFAULT_SYSTEM_PROMPT, tok, 1).input_ids
+    visuals = {"a.png": Visual(torch.zeros(1, 3, 2, 2), "a")}
+    engine = build_prompt([Turn(Message("user", "What is it?", ["a.png"]))], visuals, DEFAULT_SYSTEM_PROMPT, tok,
+                          1).input_ids
     ids = PromptTokens.from_tokenizer(tok)
     run = engine.index(ids.img_start)
     assert chat_token_ids(chat, tok, placeholders) == [*engine[:run], placeholders["image"], *engine[run + 3:]]
