@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,16 @@ class AnswerUpdate:
     text: str = ""
     status: str | None = None
     stats: dict | None = None  # with the last update
+    token_ids: list[int] = field(default_factory=list)  # the answer's tokens this update adds
+    prompt_token_ids: list[int] | None = None  # with the answer's first update that holds text (or its last)
+
+
+def refusal(message: str, status: int) -> gr.Error:
+    """A gr.Error for the user that keeps the HTTP status of what went wrong (for the OpenAI-compatible
+    API); an attribute, so it survives the pickling across ZeroGPU's worker."""
+    error = gr.Error(message, print_exception=False)
+    error.status = status
+    return error
 
 
 def settings_from(*values) -> GenerationSettings:
@@ -354,11 +364,14 @@ class ChatHandlers:
             with menu.use(model, loading) as chat_model:
                 emit(AnswerUpdate(status=menu.status(model)))
                 generation = chat_model.chat(turns, system, settings, cancel=cancel, progress=stage)
-                text = ""
+                text, sent = "", 0
                 for delta in generation:
-                    text += delta
-                    emit(AnswerUpdate(text=text))
-                emit(AnswerUpdate(text=text, stats={
+                    first, text, ids = not text, text + delta, generation.token_ids
+                    emit(AnswerUpdate(text=text, token_ids=ids[sent:],
+                                      prompt_token_ids=list(generation.prompt_token_ids) if first else None))
+                    sent = len(ids)
+                emit(AnswerUpdate(text=text, token_ids=generation.token_ids[sent:],
+                                  prompt_token_ids=None if text else list(generation.prompt_token_ids), stats={
                     "model": model, "tokens": len(generation.token_ids),
                     "ttft_s": generation.timings.get("ttft_s"),
                     "tokens_per_s": generation.timings.get("decode_tokens_per_s"),
@@ -371,9 +384,9 @@ class ChatHandlers:
         except UserError as e:  # the user can act on it (a LoadError is the operator's too)
             if isinstance(e, LoadError):
                 log.warning("%s", e)
-            raise gr.Error(hide_paths(str(e), turns), print_exception=False) from None
+            raise refusal(hide_paths(str(e), turns), e.status) from None
         except Exception:
-            raise gr.Error(model_failure(f"answering with {model} failed"), print_exception=False) from None
+            raise refusal(model_failure(f"answering with {model} failed"), 500) from None
 
     def _stream(self, turns: list[Message], model: str, system: str | None,
                 settings: GenerationSettings) -> Iterator[AnswerUpdate]:

@@ -157,6 +157,7 @@ def build_app(menu: Backend, limits: Limits = LIMITS, gpu: Callable | None = Non
                        delete_cache=delete_cache) as demo:
         # gradio deletes the files of this set on delete_cache's schedule and when it shuts down
         demo.temp_file_sets.append(app.generated)
+        demo.chat_handlers = app  # its answer stream is the OpenAI-compatible API's too (openai_api)
         gr.Markdown("# Eagle2 · chat about images and videos\n"
                     "NVIDIA's Eagle2 vision-language models, running natively (no remote code). "
                     "Add images or a video, ask a question, and watch the answer stream in. "
