@@ -32,6 +32,10 @@ class Limits:
 LIMITS = Limits()
 # Clients that may wait for each answer slot (--concurrency); beyond that a new one is told the app is busy.
 QUEUED_PER_ANSWER_SLOT = 20
+# Stop strings one request to the OpenAI-compatible API may give (OpenAI's own limit), and their
+# length: each answer's update is checked for the start of each one.
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 200
 
 
 class SettingsError(UserError):

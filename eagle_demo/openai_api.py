@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import logging
 import tempfile
 import threading
 import time
@@ -45,8 +44,6 @@ from .openai_request import RequestError, parse_request
 from .openai_response import END, Answering, Ticket, error_response
 from .request_guard import ENDING_GRACE_S
 from .ui import ANSWERS
-
-log = logging.getLogger(__name__)
 
 WRONG_KEY = "Missing or wrong API key: send this app's key as the header 'Authorization: Bearer <key>'."
 CLIENT_BUSY = ("You already have an answer on the way. Wait for it to finish, or close its stream, before "
@@ -80,9 +77,9 @@ class OpenAIApi:
         """Adds the private event that runs /v1 answers to `demo`, in the page's concurrency group;
         the routes to serve beside gradio's (launch's app_kwargs)."""
         with demo:
-            gr.api(self.run, api_name="openai_answer", concurrency_id=ANSWERS, concurrency_limit=concurrency,
+            gr.api(self.answer, api_name="openai_answer", concurrency_id=ANSWERS, concurrency_limit=concurrency,
                    api_visibility="private")
-        self.fn_index = next(index for index, fn in demo.fns.items() if fn.fn == self.run)
+        self.fn_index = next(index for index, fn in demo.fns.items() if fn.fn == self.answer)
         return [Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"])]
 
@@ -111,7 +108,10 @@ class OpenAIApi:
         except UserError as e:
             ticket.abandon()
             return error_response(e)
-        except BaseException:
+        except Exception:
+            ticket.abandon()
+            return error_response(RequestError(model_failure("a /v1 request failed"), 500))
+        except BaseException:  # cancelled
             ticket.abandon()
             raise
         return Answering(ticket, event_id, request.app.get_blocks()._queue, _session(client),
@@ -156,32 +156,31 @@ class OpenAIApi:
             self.tickets.pop(ticket.id, None)
             if state == "queue_full":
                 raise RequestError(QUEUE_FULL, 503, code="server_is_overloaded")
-            log.warning("a /v1 request could not join the queue: %s", event_id)
-            raise RequestError(model_failure("a /v1 request could not join the queue"), 500)
+            raise RuntimeError(f"gradio's queue refused a /v1 request: {event_id}")
         return event_id
 
     # ------------------------------------------------------------------ the queued event
-    def run(self, ticket: str) -> None:
+    def answer(self, ticket: str) -> None:
         """The private event: answers the ticket's request through the page's answer stream, handing
         each update to the route that waits for it. Its client's disconnect ends it at the next update."""
-        answer = self.tickets.pop(ticket, None)
-        if answer is None or not answer.claim():
+        job = self.tickets.pop(ticket, None)
+        if job is None or not job.claim():
             return
-        chat = answer.request
+        chat = job.request
         try:
             with closing(answer_stream(self.answers, chat.messages, chat.model, chat.system,
                                        chat.settings)) as updates:
                 for update in updates:
-                    answer.deliver(update)
-                    if answer.cancel.is_set():
+                    job.deliver(update)
+                    if job.cancel.is_set():
                         break
-            answer.deliver(END)
-        except gr.Error as e:  # the message is for the user, with its status (handlers.refusal)
-            answer.deliver(RequestError(e.message, getattr(e, "status", 503)))
+            job.deliver(END)
+        except gr.Error as e:  # the message is for the user, with its status (handlers.refusal; ZeroGPU's: 503)
+            job.deliver(RequestError(e.message, getattr(e, "status", 503)))
         except Exception:
-            answer.deliver(RequestError(model_failure("a /v1 answer failed"), 500))
+            job.deliver(RequestError(model_failure("a /v1 answer failed"), 500))
         finally:
-            answer.end()
+            job.end()
 
 
 def _session(client: str) -> str:

@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import media
-from .config import DEFAULT_SYSTEM_PROMPT, GenerationSettings, Limits, SettingsError
+from .config import (
+    DEFAULT_SYSTEM_PROMPT,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    SETTING_RANGES,
+    GenerationSettings,
+    Limits,
+    SettingsError,
+)
 from .conversation import Message, checked_turns
 from .errors import UserError
 
@@ -52,7 +60,13 @@ NEUTRAL = {
 }
 KNOWN = {"model", "messages", "stream", "stream_options", "stop", "mm_processor_kwargs", "media_io_kwargs",
          "return_token_ids", "tool_choice", *SETTINGS, *NEUTRAL}
-MAX_STOP = 4  # OpenAI's limit on stop sequences
+# other fields of OpenAI's chat completion request and vLLM's, named in the log when ignored
+DEFINED = {"audio", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls", "prediction",
+           "prompt_cache_key", "reasoning_effort", "safety_identifier", "service_tier", "store", "user", "verbosity",
+           "web_search_options", "add_generation_prompt", "add_special_tokens", "allowed_token_ids", "bad_words",
+           "chat_template", "chat_template_kwargs", "continue_final_message", "documents", "echo", "ignore_eos",
+           "include_stop_str_in_output", "min_p", "min_tokens", "priority", "request_id", "skip_special_tokens",
+           "stop_token_ids", "structured_outputs", "truncate_prompt_tokens"}
 FRAME_LIST = "video/jpeg"  # vLLM's type for a list of frames, each an image
 
 
@@ -114,9 +128,11 @@ def parse_request(body: object, models: list[str], limits: Limits, folder: Path)
 
 
 def _check_fields(body: dict) -> None:
-    ignored = sorted(set(body) - KNOWN)
-    if ignored:
-        log.warning("The following fields were present in the request but ignored: %s", ignored)
+    ignored = set(body) - KNOWN
+    if ignored:  # as vLLM logs them; other names are a client's text, which stays out of the log
+        named = sorted(ignored & DEFINED)
+        log.warning("The following fields were present in the request but ignored: %s%s", named,
+                    f" and {len(ignored) - len(named)} others" if len(named) < len(ignored) else "")
     for name, (neutral, message) in NEUTRAL.items():
         value = body.get(name)
         if name == "tools" and body.get("tool_choice") == "none":
@@ -148,7 +164,7 @@ def _settings(body: dict, frames: int | None) -> GenerationSettings:
         values["max_tiles"] = processing["max_dynamic_patch"]
     asked = _object(io_options, "video", "media_io_kwargs.").get("num_frames")
     if asked == -1 or (asked is None and frames):
-        asked = frames or GenerationSettings.__dataclass_fields__["num_frames"].metadata["range"].high
+        asked = frames or SETTING_RANGES["num_frames"].high
     if asked is not None:
         values["num_frames"] = asked
     params = {setting: name for name, setting in SETTINGS.items() if name in body}
@@ -170,8 +186,10 @@ def _object(body: dict, name: str, prefix: str = "") -> dict:
 
 def _stop(stop: object) -> list[str]:
     stops = [stop] if isinstance(stop, str) else [] if stop is None else stop
-    if not isinstance(stops, list) or len(stops) > MAX_STOP or not all(isinstance(s, str) and s for s in stops):
-        raise RequestError(f"stop must be a string or a list of up to {MAX_STOP} non-empty strings.", param="stop")
+    if not (isinstance(stops, list) and len(stops) <= MAX_STOP_STRINGS
+            and all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops)):
+        raise RequestError(f"stop must be a string or a list of up to {MAX_STOP_STRINGS} strings, each of 1 to "
+                           f"{MAX_STOP_CHARS} characters.", param="stop")
     return stops
 
 
