@@ -60,8 +60,8 @@ def test_concurrency_is_one_queue_for_everything_that_runs_the_model(tiny_checkp
     import app
 
     demo, _, _ = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--concurrency", "3"]))
-    model_runs = [fn for fn in demo.fns.values() if fn.name in ("respond", "chat")]
-    assert len(model_runs) == 4  # Send, Retry, a clicked example and the chat endpoint
+    model_runs = [fn for fn in demo.fns.values() if fn.name in ("respond", "chat", "answer")]
+    assert len(model_runs) == 5  # Send, Retry, a clicked example, the chat endpoint and /v1's answers
     assert all(fn.concurrency_id == ANSWERS and fn.concurrency_limit == 3 for fn in model_runs)
 
 

@@ -7,18 +7,21 @@ mid-stream. Fairness and hostile values over /v1: test_fairness.py, test_hostile
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import torch
 from gradio_client import Client, handle_file
 
 from eagle_demo.config import DEFAULT_SYSTEM_PROMPT, LIMITS
 from eagle_demo.media import sample_video
 from eagle_demo.openai_api import FOLDER, WRONG_KEY
-from tests.conftest import ASSETS, launched_app
+from tests.conftest import ASSETS, launched_app, serve_app, stop_app, wait_until_serving
 from tests.media_factory import make_image, make_video
 
 # the same answer by either route: the same sampling, tiles and penalty (the page's is 1.1, /v1's 1.0)
@@ -208,6 +211,27 @@ def test_a_client_that_leaves_mid_stream_stops_its_decode(app_server, api):
     assert len(generation.token_ids) == decoded  # nothing decoded for the client that left
 
 
+def test_a_client_that_leaves_before_a_whole_answer_stops_its_decode(app_server):
+    """Not streamed: the connection closes while the answer is made (a socket of its own, closed once
+    the engine decodes for it)."""
+    recorder, seen = app_server.recorder, len(app_server.recorder.generations)
+    body = json.dumps({"messages": [{"role": "user", "content": "Write a very long story."}], "temperature": 0,
+                       "max_tokens": 4096}).encode()
+    host, port = app_server.url.split("//")[1].strip("/").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+        end = time.monotonic() + 30
+        while not (recorder.generations[seen:] and len(recorder.generations[seen].token_ids) > 4) \
+                and time.monotonic() < end:
+            time.sleep(0.01)
+    generation = recorder.generations[seen]
+    end = time.monotonic() + 10
+    while generation.finish_reason is None and time.monotonic() < end:
+        time.sleep(0.01)
+    assert generation.finish_reason == "cancelled" and len(generation.token_ids) < 4096
+
+
 def test_a_key_is_required_where_the_app_has_one(tiny_checkpoint):
     with launched_app(tiny_checkpoint, flags=("--api-key", "sesame,open")) as keyed:
         for key in ("wrong", None):
@@ -225,3 +249,33 @@ def test_a_key_is_required_where_the_app_has_one(tiny_checkpoint):
         assert page.predict("Hi", max_tiles=1, max_new_tokens=2, api_name="/chat") is not None
         page.close()
 
+
+
+@pytest.fixture(scope="module")
+def front(app_server):
+    """`python app.py --server <the shared app>`: another instance of the app as the model server."""
+    proc, url = serve_app(["--server", app_server.url])
+    try:
+        wait_until_serving(proc, url, 120)
+        yield Client(url, verbose=False, analytics_enabled=False)
+    finally:
+        out = stop_app(proc)
+        assert "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("visual", ["image", "video"])
+def test_the_apps_server_client_gets_what_the_instances_page_gets(app_server, client, front, tmp_path, visual):
+    """Through the front app's --server (images as PNG data URLs, a video as vLLM's frame list with
+    its times), the back instance's engine reads the same prompt and pixels, and answers the same."""
+    files = ([handle_file(str(ASSETS / "chart.png"))], None) if visual == "image" else (
+        None, handle_file(str(make_video(tmp_path / "clip.mp4", frames=30))))
+    settings = {**SAMPLED, "num_frames": 4, "repetition_penalty": 1.1}
+    recorder = app_server.recorder
+    through_front = front.predict("Describe.", *files, **settings, api_name="/chat")
+    served = recorder.generations[-1]
+    own = client.predict("Describe.", *files, **settings, api_name="/chat")
+    page = recorder.generations[-1]
+    assert served is not page and through_front == own
+    assert served.prompt_token_ids == page.prompt_token_ids and served.num_tiles == page.num_tiles
+    for a, b in zip(served.prompt.visuals, page.prompt.visuals, strict=True):
+        assert torch.equal(a.pixel_values, b.pixel_values)
