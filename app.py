@@ -16,10 +16,11 @@ from pathlib import Path
 
 from starlette.middleware import Middleware
 
-from eagle_demo import ui
+from eagle_demo import page_style, ui
 from eagle_demo.config import DEFAULT_MODEL, LIMITS, QUEUED_PER_ANSWER_SLOT
 from eagle_demo.models import ModelMenu, load_hint
 from eagle_demo.openai_api import OpenAIApi
+from eagle_demo.records import process_folder
 from eagle_demo.request_guard import RequestGuard
 from eagle_demo.server_client import ServerError, ServerMenu
 
@@ -131,19 +132,23 @@ def server_menu(url: str, limits) -> ServerMenu:
 def build(args: argparse.Namespace):
     """(the Blocks app, its model menu, the keyword arguments for launch()) for parsed flags."""
     limits = replace(LIMITS, max_upload_mb=args.max_upload_mb)
+    if not os.environ.get("GRADIO_TEMP_DIR"):  # gradio's uploads and cache: this process's own (see process_folder)
+        os.environ["GRADIO_TEMP_DIR"] = str(process_folder() / "gradio")
     menu = server_menu(args.server, limits) if args.server else local_menu(args, limits)
     keep = int(args.delete_uploads_after * 3600)
     demo = ui.build_app(menu, limits=limits, gpu=spaces.GPU if ZERO_GPU else None, concurrency=args.concurrency,
                         delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
     routes = [] if args.no_openai_api else OpenAIApi(
-        menu, limits, demo.chat_handlers, api_keys=[k.strip() for k in (args.api_key or "").split(",") if k.strip()],
+        menu, limits, demo.answers, api_keys=[k.strip() for k in (args.api_key or "").split(",") if k.strip()],
     ).attach(demo, args.concurrency)
     # one answer queued or running per client (RequestGuard), and a bounded queue: a full one is refused
     demo.queue(default_concurrency_limit=args.concurrency, max_size=QUEUED_PER_ANSWER_SLOT * args.concurrency)
     # No server-side rendering, no run history: through the SSR server, gradio 6.27-6.31's run-history
     # endpoints let a forged Host header use the host's Hugging Face token (CVE-2026-134825).
-    launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=ui.theme(), css=ui.CSS,
-                  i18n=ui.ANNOUNCED, max_file_size=f"{args.max_upload_mb}mb", footer_links=["api", "gradio"],
+    launch = dict(server_name=args.host, server_port=args.port, share=args.share, theme=page_style.theme(),
+                  css=page_style.CSS, head=page_style.head(args.mcp, limits.max_images_per_conversation),
+                  i18n=ui.ANNOUNCED, max_file_size=f"{args.max_upload_mb}mb",
+                  footer_links=["api", "gradio", "settings"],
                   ssr_mode=False, run_history=False, mcp_server=args.mcp,  # always a bool: the flag alone decides
                   app_kwargs={"routes": routes, "middleware": [Middleware(
                       RequestGuard, concurrency_id=ui.ANSWERS, max_files=limits.max_images_per_conversation,

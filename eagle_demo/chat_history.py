@@ -17,6 +17,9 @@ from .conversation import Message
 ERROR_TITLE = "⚠️ Could not answer"  # metadata title that marks error bubbles (never sent to the model)
 STOPPED_TITLE = "Stopped"  # a question stopped before its answer began: dropped like an error
 STOPPED_NOTE = "Stopped before the answer began. Send a question when you are ready."
+STOPPED_FOOTER = "stopped"  # the line under an answer cut short by Stop
+PROGRESS_ID = "progress"  # metadata id of the bubble that shows what runs before the first word
+CONTINUE = "continue"  # the value of an answer's "Continue" option (an answer cut at Max new tokens)
 
 
 def is_video(path: str) -> bool:
@@ -63,20 +66,62 @@ def is_error(message: dict) -> bool:
     return (message.get("metadata") or {}).get("title") in (ERROR_TITLE, STOPPED_TITLE)
 
 
+def is_progress(message: dict) -> bool:
+    """The bubble that stands in for an answer until its first word (see `progress_message`)."""
+    return (message.get("metadata") or {}).get("id") == PROGRESS_ID
+
+
+def is_stopped(message: dict) -> bool:
+    return message["role"] == "assistant" and (message.get("metadata") or {}).get("log") == STOPPED_FOOTER
+
+
+def progress_message(text: str) -> dict:
+    """Where the answer will be: what runs now (loading, reading the images), with a spinner."""
+    return {"role": "assistant", "content": "", "metadata": {"title": text, "status": "pending", "id": PROGRESS_ID}}
+
+
+def without_progress(history: list[dict]) -> list[dict]:
+    return [m for m in history if not is_progress(m)]
+
+
 def user_message(text: str, images: list[str], video: str | None) -> dict:
     files = [{"path": p} for p in [*images, *([video] if video else [])]]
     return {"role": "user", "content": [*files, *([{"type": "text", "text": text}] if text else [])]}
 
 
-def answer_message(text: str, annotated: str | None = None, footer: str | None = None) -> dict:
+def question_messages(text: str, images: list[str], video: str | None) -> list[dict]:
+    """A question as the page shows it: its files in one message, its text in the next, so that the
+    text can be edited in the chat (the Chatbot edits text-only messages). The model sees them as
+    one question (consecutive questions merge, see conversation.checked_turns)."""
+    return [*([user_message("", images, video)] if images or video else []),
+            *([user_message(text, [], None)] if text or not (images or video) else [])]
+
+
+def question_starts(history: list[dict]) -> list[int]:
+    """Where each question of the chat starts: a run of user messages is one question, as the
+    Chatbot shows it in one bubble."""
+    return [i for i, m in enumerate(history) if m["role"] == "user" and (i == 0 or history[i - 1]["role"] != "user")]
+
+
+def last_question(history: list[dict]) -> int:
+    """Where the chat's last question starts (its messages run to the end, answers dropped first)."""
+    start = len(history)
+    while start and history[start - 1]["role"] == "user" and not is_error(history[start - 1]):
+        start -= 1
+    return start
+
+
+def answer_message(text: str, annotated: str | None = None, footer: str | None = None, cut: bool = False) -> dict:
     """An answer bubble: the model's text, its drawing, and a small line saying which model wrote it.
-    Only the first text part is the answer (see `conversation`); the footer is in `metadata` too."""
+    Only the first text part is the answer (see `conversation`); the footer is in `metadata` too.
+    `cut`: the answer reached Max new tokens, and offers to continue."""
     # a text *part* keeps the model's text as it is (a bare string would be dedented by gradio)
     content = [{"type": "text", "text": text}, *([{"path": annotated}] if annotated else [])]
+    options = {"options": [{"label": "Continue", "value": CONTINUE}]} if cut else {}
     if not footer:
-        return {"role": "assistant", "content": content}
+        return {"role": "assistant", "content": content, **options}
     return {"role": "assistant", "content": [*content, {"type": "text", "text": f"<sub>{footer}</sub>"}],
-            "metadata": {"log": footer}}
+            "metadata": {"log": footer}, **options}
 
 
 def error_message(text: str, title: str = ERROR_TITLE) -> dict:
@@ -94,10 +139,11 @@ def without_answers(history: list[dict]) -> list[dict]:
 def stopped(history: list[dict]) -> list[dict]:
     """The chat after Stop: the answer so far marked as stopped, or, when none had begun (the model
     was loading, or reading the images), a note in its place, so the next question stands alone."""
+    history = without_progress(history)
     if history and history[-1]["role"] == "user":
         return history + [error_message(STOPPED_NOTE, STOPPED_TITLE)]
-    if history and not is_error(history[-1]):
-        return history[:-1] + [answer_message(answer_text(history[-1]), footer="stopped")]
+    if history and not is_error(history[-1]) and not is_stopped(history[-1]):
+        return history[:-1] + [answer_message(answer_text(history[-1]), footer=STOPPED_FOOTER)]
     return history
 
 
@@ -105,7 +151,7 @@ def conversation(history: list[dict]) -> list[Message]:
     """The chat as the model sees it. An error bubble drops itself and the question it answered
     (if nothing was streamed), so a bad upload never sticks."""
     out: list[Message] = []
-    for message in history:
+    for message in without_progress(history):
         if is_error(message):
             if out and out[-1].role == "user":
                 out.pop()
@@ -146,7 +192,7 @@ def answer_key(index: int, text: str) -> str:
     return f"{index}:{hashlib.sha1(text.encode('utf-8', 'replace')).hexdigest()}"
 
 
-def export_json(history: list[dict], model: str, system: str, settings: GenerationSettings,
+def export_json(history: list[dict], model: str, system: str, settings: GenerationSettings | None,
                 records: dict | None = None) -> dict:
     """The chat as JSON: each answer with what it was made with and its rating, where this session
     has them (`records`: answer_key -> {"made_with": model, system prompt, settings and stats;
@@ -154,15 +200,23 @@ def export_json(history: list[dict], model: str, system: str, settings: Generati
     messages = []
     for index, message in enumerate(history):
         text = parts(message)[0]
+        if is_progress(message):
+            continue
         if is_error(message):
             messages.append({"role": "assistant", "error": text})
         elif message["role"] == "user":
             asked = question(message)
-            messages.append({"role": "user", "text": text, "images": [Path(f).name for f in asked.images],
-                             "video": asked.video and Path(asked.video).name})
+            entry = {"role": "user", "text": text, "images": [Path(f).name for f in asked.images],
+                     "video": asked.video and Path(asked.video).name}
+            if messages and messages[-1]["role"] == "user" and "error" not in messages[-1]:  # one question
+                before = messages.pop()
+                entry = {"role": "user", "text": "\n".join(filter(None, [before["text"], text])),
+                         "images": before["images"] + entry["images"], "video": entry["video"] or before["video"]}
+            messages.append(entry)
         else:
-            record = (records or {}).get(answer_key(index, answer_text(message))) or {}
-            messages.append({"role": "assistant", "text": text,
+            text = answer_text(message)  # without its footer
+            record = (records or {}).get(answer_key(index, text)) or {}
+            messages.append({"role": "assistant", "text": text, **({"stopped": True} if is_stopped(message) else {}),
                              **{k: v for k, v in record.items() if k in ("made_with", "rating") and v}})
     return {"app": "Eagle2 Demo", "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": model, "system_prompt": system, "settings": asdict(settings), "messages": messages}
+            "model": model, "system_prompt": system, "settings": settings and asdict(settings), "messages": messages}

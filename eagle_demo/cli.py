@@ -1,4 +1,4 @@
-"""`python -m eagle_demo generate|tiny`: scripted inference and tiny test checkpoints."""
+"""`python -m eagle_demo generate|tiny|eval`: scripted inference, tiny test checkpoints, benchmarks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 
 from .config import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT, GenerationSettings
+from .evaluation import cli as evaluation
 
 _DEFAULTS = GenerationSettings()
 
@@ -45,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--tokenizer", help="copy this tokenizer folder instead of writing a small one")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--size", default="tiny", help="tiny, small, or the true 1B, 2B, 9B dims (random weights)")
+
+    evaluation.add_parser(commands)
     return parser
 
 
@@ -90,6 +93,8 @@ def _tiny(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "eval":
+            return evaluation.main(args)
         return _generate(args) if args.command == "generate" else _tiny(args)
     except KeyboardInterrupt:
         return 130

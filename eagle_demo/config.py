@@ -27,9 +27,18 @@ class Limits:
     max_chat_chars: int = 131_072  # 8 characters a token
     max_chat_messages: int = 1_000
     context_tokens: int = 16_384  # the upstream tokenizer's model_max_length
+    # Chats kept in the visitor's browser (localStorage holds about 5 MB a site): the most recent
+    # ones, as many as fit in this many characters
+    max_saved_chats: int = 20
+    max_saved_chars: int = 1_000_000
 
 
 LIMITS = Limits()
+# `eval`: benchmark images are enlarged 2x before tiling (a document scan becomes 100+ megapixels, a
+# lossless copy of it hundreds of MB), and a question with several 12-tile images needs the language
+# model's whole 32K context, as Eagle2's own evaluation gave it.
+EVAL_LIMITS = Limits(max_upload_mb=2048, max_image_pixels=170_000_000, max_image_side=40_000,
+                     max_prompt_chars=32_000, context_tokens=32_768)
 # Clients that may wait for each answer slot (--concurrency); beyond that a new one is told the app is busy.
 QUEUED_PER_ANSWER_SLOT = 20
 # Stop strings one request to the OpenAI-compatible API may give (OpenAI's own limit), and their

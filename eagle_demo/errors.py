@@ -6,6 +6,11 @@ reference, and the user is shown only that reference.
 
 from __future__ import annotations
 
+import logging
+import uuid
+
+log = logging.getLogger(__name__)
+
 
 class UserError(Exception):
     """A request that must change, or a state the user must know of; `str(error)` is the message.
@@ -30,3 +35,11 @@ class GenerationError(UserError):
     """The model failed on a request it could take with less (e.g. out of GPU memory)."""
 
     status = 503
+
+
+def server_fault(what: str) -> str:
+    """The message for a fault of the server (call it while handling the exception): the details go
+    to the log under a reference, and the user is shown only that reference."""
+    reference = uuid.uuid4().hex[:8]
+    log.exception("%s (reference %s)", what, reference)
+    return f"Something went wrong on the server (reference {reference}). Try again, or Clear the chat."

@@ -8,13 +8,22 @@ what it refuses reaches the client as gradio's own text ("Value 30 is greater th
 - text inputs must be text;
 - anything else gradio cannot read (a malformed file or chat history, missing values) becomes one
   message naming the inputs to fix.
+And on the way back, `error_boundary`: what a handler lets out reaches the client in the two kinds
+of errors.py.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
 
 import gradio as gr
+
+from .config import GenerationSettings
+from .errors import UserError, server_fault
 
 FILE_HINT = "files uploaded to this app (with gradio_client: handle_file(path))"
 HISTORY_HINT = 'a list of {"role": "user" | "assistant", "content": text} messages'  # /chat's history
@@ -26,6 +35,55 @@ class InputError(gr.Error):
 
     def __init__(self, message: str):
         super().__init__(message, print_exception=False)
+
+
+def refuse(message: str):
+    """End the handler with an error that says what to change (an API client's, or a toast)."""
+    raise gr.Error(message, print_exception=False)
+
+
+def page_refusal(message: str):
+    """End a page event with one toast that says what to change, and nothing else: no component is
+    marked as failed (wire the event with `show_progress_on=[]`), and its `.success` chain stops."""
+    gr.Warning(message)
+    raise gr.Error(message, visible=False, print_exception=False)
+
+
+def settings_from(**sent) -> GenerationSettings:
+    """The settings a client sent, by name, checked (a SettingsError names the first bad one)."""
+    seed = sent.get("seed")
+    if isinstance(seed, str):  # the Seed box: empty for a fresh answer each time
+        sent["seed"] = None if not seed.strip() else int(seed) if re.fullmatch(r"\s*\d{1,19}\s*", seed) else seed
+    return GenerationSettings.checked(**sent)
+
+
+@contextmanager
+def _two_kinds(what: str) -> Iterator[None]:
+    try:
+        yield
+    except gr.Error:
+        raise
+    except UserError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    except Exception:
+        raise gr.Error(server_fault(f"{what} failed"), print_exception=False) from None
+
+
+def error_boundary(handler: Callable) -> Callable:
+    """What a handler lets out reaches the client as a gr.Error: a UserError's message as it is,
+    anything unexpected as the reference message (the details go to the log)."""
+    if inspect.isgeneratorfunction(handler):
+        @wraps(handler)
+        def streaming(*args, **kwargs):
+            with _two_kinds(handler.__name__):
+                yield from handler(*args, **kwargs)
+        return streaming
+
+    @wraps(handler)
+    def plain(*args, **kwargs):
+        with _two_kinds(handler.__name__):
+            return handler(*args, **kwargs)
+    return plain
 
 
 def taken_as_sent(component: gr.components.Component) -> None:
@@ -48,8 +106,7 @@ def text_only(component: gr.Textbox, name: str) -> None:
 def unreadable(block_fn, inputs: list) -> str:
     """What to change when gradio could not read a request's values."""
     # a session's State is the server's own, never a client's to send
-    sent = [(n, c) for n, c in zip(inspect.signature(block_fn.fn).parameters, block_fn.inputs)
-            if not isinstance(c, gr.State)]
+    sent = [(n, c) for n, c in zip(block_fn.input_parameter_names, block_fn.inputs) if not isinstance(c, gr.State)]
     names = [n for n, _ in sent]
     if len(inputs) < len(sent):
         return (f"This endpoint takes {len(sent)} values ({', '.join(names)}); {len(inputs)} were sent. "

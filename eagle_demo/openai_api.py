@@ -9,8 +9,8 @@ A chat completion goes this way:
 - it joins gradio's own queue as a private event of the page's concurrency group (ui.ANSWERS): /v1
   answers and the page's take the same `--concurrency` slots, in the order they came, and a full
   queue refuses with a 503;
-- that event runs the page's answer stream (`answer_stream`): the same checks, messages, KV-cache and
-  image-feature reuse, and on ZeroGPU the same GPU lease, charged to the caller's request;
+- that event runs the page's answer stream (answers.AnswerStream): the same checks, messages, KV-cache
+  and image-feature reuse, and on ZeroGPU the same GPU lease, charged to the caller's request;
 - the client's connection is watched throughout: when it goes, its request leaves the queue, or its
   decode stops after the current token, and its files are deleted.
 """
@@ -24,7 +24,6 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -35,13 +34,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .answers import AnswerStream
 from .backend import Backend
 from .config import Limits
-from .conversation import Message
-from .errors import UserError
-from .handlers import OUT_DIR, AnswerUpdate, ChatHandlers, model_failure
+from .errors import UserError, server_fault
 from .openai_request import RequestError, parse_request
 from .openai_response import END, Answering, Ticket, error_response
+from .records import process_folder
 from .request_guard import ENDING_GRACE_S
 from .ui import ANSWERS
 
@@ -50,19 +49,17 @@ CLIENT_BUSY = ("You already have an answer on the way. Wait for it to finish, or
                "asking again.")
 QUEUE_FULL = "The app is busy: every place in its queue is taken. Try again in a minute."
 NOT_JSON = "The request body must be JSON in OpenAI's chat completion format."
-FOLDER = OUT_DIR / "openai"  # each request's images and videos, deleted when its answer ends
 
 
-def answer_stream(answers: ChatHandlers, messages: list[Message], model: str, system: str,
-                  settings) -> Iterator[AnswerUpdate]:
-    """The page's own way to an answer, for a /v1 request."""
-    return answers._stream(messages, model, system, settings)
+def request_folder() -> Path:
+    """Where each /v1 request's images and videos go (deleted when its answer ends): in this process's own."""
+    return process_folder() / "openai"
 
 
 class OpenAIApi:
-    """The /v1 routes over the models of `menu`, answered through `answers` (the page's handlers)."""
+    """The /v1 routes over the models of `menu`, answered through `answers` (the page's answer stream)."""
 
-    def __init__(self, menu: Backend, limits: Limits, answers: ChatHandlers, api_keys: list[str] | None = None):
+    def __init__(self, menu: Backend, limits: Limits, answers: AnswerStream, api_keys: list[str] | None = None):
         self.menu, self.limits, self.answers = menu, limits, answers
         self.api_keys = [key.encode() for key in api_keys or []]
         self.created = int(time.time())
@@ -97,8 +94,8 @@ class OpenAIApi:
         client = self._client(request)
         if not await self.clients.take(client):
             return error_response(RequestError(CLIENT_BUSY, 429, code="rate_limit_exceeded"))
-        FOLDER.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=FOLDER))
+        request_folder().mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=request_folder()))
         ticket = Ticket(folder, asyncio.get_running_loop(), lambda: self.clients.free(client))
         try:
             body = await self._json(request)
@@ -110,7 +107,7 @@ class OpenAIApi:
             return error_response(e)
         except Exception:
             ticket.abandon()
-            return error_response(RequestError(model_failure("a /v1 request failed"), 500))
+            return error_response(RequestError(server_fault("a /v1 request failed"), 500))
         except BaseException:  # cancelled
             ticket.abandon()
             raise
@@ -168,17 +165,20 @@ class OpenAIApi:
             return
         chat = job.request
         try:
-            with closing(answer_stream(self.answers, chat.messages, chat.model, chat.system,
-                                       chat.settings)) as updates:
+            with closing(self.answers.stream(chat.messages, chat.model, chat.system, chat.settings)) as updates:
                 for update in updates:
+                    if update.error is not None:  # a refusal's message, or a fault's reference
+                        raise RequestError(update.error, update.error_status)
                     job.deliver(update)
                     if job.cancel.is_set():
                         break
             job.deliver(END)
-        except gr.Error as e:  # the message is for the user, with its status (handlers.refusal; ZeroGPU's: 503)
-            job.deliver(RequestError(e.message, getattr(e, "status", 503)))
+        except RequestError as e:
+            job.deliver(e)
+        except gr.Error as e:  # ZeroGPU's own refusals (no GPU, quota): a message for the user
+            job.deliver(RequestError(e.message, 503))
         except Exception:
-            job.deliver(RequestError(model_failure("a /v1 answer failed"), 500))
+            job.deliver(RequestError(server_fault("a /v1 answer failed"), 500))
         finally:
             job.end()
 

@@ -1,9 +1,14 @@
-"""The Gradio app's layout and wiring: the chat with example cards, the image gallery and video
-beside a message box that also takes pasted, dropped or attached files, the settings, and the
-`chat` endpoint for gradio_client and MCP.
+"""The Gradio app's layout and wiring: one compact column with the chat (example cards while it is
+empty), what waits to be sent (an image gallery and a video slot), the message box (which also
+takes pasted, dropped or attached files, and whose Send becomes Stop while an answer streams) and
+the chat's buttons; beside it the saved chats, the settings and the limits; and the `chat`
+endpoint for gradio_client and MCP.
 
-Declarative Blocks: each event is `fn, inputs, outputs`, chained with `.then`; what the events do
-is in `handlers.py`, the chat's forms in `chat_history.py`. No model code here.
+Declarative Blocks: each event is `fn, inputs, outputs`, chained with `.then`, and the settings go
+to their handlers by name. What the events do is in `chat_actions.py` (the chat),
+`attachments.py` (what waits to be sent), `saved_chats.py` (chats kept in the browser) and
+`endpoints.py` (the API's `chat` and `export`); every answer streams through `answers.py`; the
+look is `page_style.py`. No model code here.
 """
 
 from __future__ import annotations
@@ -13,12 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
+from .answers import AnswerStream
+from .attachments import Attachments
 from .backend import Backend
+from .chat_actions import ChatActions
 from .chat_history import conversation
-from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, Limits
+from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, GenerationSettings, Limits
+from .endpoints import Endpoints
 from .gradio_inputs import HISTORY_SCHEMA, CheckedBlocks, described_as, self_contained, taken_as_sent, text_only
-from .handlers import DEFAULTS, ChatHandlers
+from .records import OutputFiles, process_folder
+from .saved_chats import SavedChats
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_assets.py
@@ -32,33 +43,16 @@ EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_ass
 ]
 ANSWERS = "answers"  # the concurrency group of every event that runs a model (see request_guard)
 NARROW = "() => window.matchMedia('(max-width: 640px)').matches"  # a phone: the settings start folded
-
-CSS = """
-#chat .message img {max-height: 240px; width: auto;}
-/* a question's images as a compact row of thumbnails (a click enlarges one), its text below */
-#chat .user-row .message.user {display: flex; flex-wrap: wrap; justify-content: flex-end; gap: 6px;}
-#chat .user-row .message.user > .message.component {width: auto; max-width: 168px;}
-#chat .user-row .message.user > .message.component img {max-height: 120px;}
-#chat .user-row .message.user > .message:not(.component) {flex-basis: 100%;}
-/* the gallery's label above its thumbnails, not over the first one */
-#gallery .grid-wrap {padding-top: 34px;}
-@media (max-width: 640px) {
-  #chat {height: 60vh !important;}
-}
-"""
-
+FOCUS_BOX = "() => document.querySelector('#ask textarea')?.focus()"
+DEFAULTS = GenerationSettings()
+INTRO = ("NVIDIA's **Eagle2** vision-language models, running natively (no remote code). Add images or a "
+         "video (the paperclip, a paste or a drop on the message box, or the boxes below), ask about them and "
+         "watch the answer stream in. Answers with `<ref>…</ref><box>…</box>` get their boxes drawn on the "
+         "image. Or try an example:")
 
 # Words for the keys gradio's screen-reader announcer reads and its English table lacks (it would
-# read the key itself, "common.complete")
+# read the key itself, "common.complete"); only the answer's own event is announced (see wire)
 ANNOUNCED = gr.I18n(en={"common.complete": "Done"})
-
-
-def theme() -> gr.themes.Base:
-    """NVIDIA green on a soft theme, with system fonts only (no font downloads: works offline)."""
-    sans = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
-    mono = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
-    return gr.themes.Soft(primary_hue="lime", secondary_hue="emerald", neutral_hue="slate",
-                          font=sans, font_mono=mono)
 
 
 def limits_markdown(limits: Limits) -> str:
@@ -68,22 +62,25 @@ def limits_markdown(limits: Limits) -> str:
             f"({limits.max_image_side:,} px a side) · videos up to {limits.max_video_pixels / 1e6:.1f} MP a frame "
             f"and {limits.max_video_seconds / 3600:g} h, {limits.max_video_frames} sampled frames · messages up to "
             f"{limits.max_prompt_chars:,} characters · {limits.context_tokens:,} tokens of context (tiles per image "
-            f"are lowered to fit)")
+            f"are lowered to fit) · the last {limits.max_saved_chats} chats are kept in this browser only")
 
 
-def slider(name: str, step: float, **options) -> gr.Slider:
+def slider(name: str, step: float, value=None, **options) -> gr.Slider:
     """A setting's slider, over the range every entry point accepts."""
     r = SETTING_RANGES[name]
-    return gr.Slider(r.low, r.high, getattr(DEFAULTS, name), step=step, label=r.label, **options)
+    return gr.Slider(r.low, r.high, getattr(DEFAULTS, name) if value is None else value, step=step, label=r.label,
+                     **options)
 
 
 def controls(history: list[dict], answering: bool, exported) -> tuple:
-    """Stop, Retry, Undo, Clear and Export: each enabled only when it can act (Export once the file
-    of the chat so far is written: a new question empties it)."""
+    """The message box (Send, or Stop while an answer streams), Retry, Undo, Clear, Export and the
+    model menu: each enabled only when it can act (Export once the file of the chat so far is
+    written: a new question empties it; the model stays as it is while it answers)."""
     asked = any(m["role"] == "user" for m in history or [])
-    return (gr.update(interactive=answering), gr.update(interactive=asked and not answering),
-            gr.update(interactive=bool(history)), gr.update(interactive=bool(history)),
-            gr.update(interactive=bool(exported) and not answering))
+    return (gr.update(submit_btn=not answering and "Send", stop_btn=answering and "Stop"),
+            gr.update(interactive=asked and not answering), gr.update(interactive=bool(history)),
+            gr.update(interactive=bool(history)), gr.update(interactive=bool(exported) and not answering),
+            gr.update(interactive=not answering))
 
 
 def example_cards(examples: list[tuple[str, list[str], str | None]]) -> list[dict]:
@@ -92,10 +89,11 @@ def example_cards(examples: list[tuple[str, list[str], str | None]]) -> list[dic
              **({"icon": images[0]} if images else {})} for text, images, video in examples]
 
 
-def settings_panel(limits: Limits) -> dict[str, gr.components.Component]:
-    """The settings, in SETTING_RANGES' order, and the system prompt (built inside the caller's layout)."""
+def settings_panel(limits: Limits, tiles: int | None) -> dict[str, gr.components.Component]:
+    """The settings, in SETTING_RANGES' order, and the system prompt (built inside the caller's layout).
+    `tiles`: the tile limit's default on this machine, where it is not the settings' own."""
     with gr.Accordion("Settings", open=True, elem_id="settings") as panel:
-        knobs = dict(max_tiles=slider("max_tiles", 1, info="more tiles read finer detail, but take longer"),
+        knobs = dict(max_tiles=slider("max_tiles", 1, tiles, info="more tiles read finer detail, but take longer"),
                      num_frames=slider("num_frames", 1, info="sampled evenly over the whole video"),
                      temperature=slider("temperature", 0.05, info="0 = greedy (always the likeliest word)"),
                      max_new_tokens=slider("max_new_tokens", 1))
@@ -132,162 +130,291 @@ class Page:
     answering: gr.State
     records: gr.State
     taken: gr.State  # the files last moved out of the message box
-    buttons: dict[str, gr.Button]  # stop, retry, undo, clear, export
+    warned: gr.State  # the files already refused with a toast
+    refused_files: gr.Textbox  # the browser's: files held back from an upload (see page_style)
+    edited: gr.Textbox  # the browser's: a question edited in the chat, as JSON (see page_style)
+    buttons: dict[str, gr.Button]  # retry, undo, clear, export
     frames_row: gr.Accordion
     frames: gr.Gallery
     settings: dict[str, gr.components.Component]  # see settings_panel
+    saved: gr.BrowserState  # the chats kept in this browser (see saved_chats)
+    chat_id: gr.State  # the id the chat shown is saved under
+    saved_list: gr.Dropdown
+    delete: gr.Button
     api_inputs: list[gr.components.Component]  # the `chat` endpoint's own: message, images, video, history
     api_answer: gr.Textbox
     api_button: gr.Button
+    api_export: gr.Button
     narrow: gr.Checkbox
 
     @property
-    def knobs(self) -> list[gr.components.Component]:
-        return [self.settings[name] for name in SETTING_RANGES]
+    def knobs(self) -> dict[str, gr.components.Component]:
+        """The generation settings' components, by name, in their declared order."""
+        return {name: self.settings[name] for name in SETTING_RANGES}
 
 
 def build_app(menu: Backend, limits: Limits = LIMITS, gpu: Callable | None = None, concurrency: int = 1,
               delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
-    """The Blocks app over the models of `menu`. `gpu` is `spaces.GPU` on ZeroGPU (see ChatHandlers)."""
+    """The Blocks app over the models of `menu`. `gpu` is `spaces.GPU` on ZeroGPU (see AnswerStream)."""
     examples = [(text, [str(ASSETS / f) for f in images], video and str(ASSETS / video))
                 for text, images, video in EXAMPLES]
-    app = ChatHandlers(menu, limits, gpu, examples)
-    models = app.models
+    files = OutputFiles(process_folder() / "outputs")
+    attachments = Attachments(menu, limits, files, on_gpu=gpu is not None)
+    answers = AnswerStream(menu, gpu)
+    app = ChatActions(answers, attachments, limits, files, examples)
+    endpoints = Endpoints(answers, limits, files)
+    saving = SavedChats(limits, lambda: Path(get_upload_folder()))
+    # decided once, before the page is served: the slider never jumps after it is shown
+    tiles = None if gpu is not None else menu.model(app.models[0]).cpu_default_tiles()
     with CheckedBlocks(title="Eagle2 Demo", analytics_enabled=False, fill_width=True,
                        delete_cache=delete_cache) as demo:
         # gradio deletes the files of this set on delete_cache's schedule and when it shuts down
-        demo.temp_file_sets.append(app.generated)
-        demo.chat_handlers = app  # its answer stream is the OpenAI-compatible API's too (openai_api)
-        gr.Markdown("# Eagle2 · chat about images and videos\n"
-                    "NVIDIA's Eagle2 vision-language models, running natively (no remote code). "
-                    "Add images or a video, ask a question, and watch the answer stream in. "
-                    "Answers with `<ref>…</ref><box>…</box>` get their boxes drawn on the image.")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=300):
-                with gr.Row(elem_id="model-row", equal_height=True):  # above the chat: in view on a phone too
-                    model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1,
-                                        scale=1, min_width=160)
-                    status_md = gr.Markdown(elem_id="status")
-                answering = gr.State(False)  # an answer of this session is on its way
-                records = gr.State({})  # answer_key -> what the answer was made with, its rating
-                taken = gr.State([])
-                chatbot = gr.Chatbot(elem_id="chat", label="Chat", show_label=False, height="55vh", min_height=300,
-                                     layout="bubble", buttons=["copy", "copy_all"],
-                                     feedback_options=("Like", "Dislike"),
-                                     examples=example_cards(examples),
-                                     placeholder="Add images or a video below, or paste them into the message box, "
-                                                 "then ask about them. Or try an example:")
-                with gr.Row(elem_id="uploads"):
-                    gallery = gr.Gallery(label=app.gallery_update([], None, None)["label"],
-                                         type="filepath", file_types=["image"], interactive=True, columns=3,
-                                         fit_columns=False, height=180, object_fit="contain", min_width=150,
-                                         elem_id="gallery")
-                    video = gr.Video(label=f"Video (up to {limits.max_upload_mb} MB)", sources=["upload"],
-                                     height=180, min_width=150)
-                box = gr.MultimodalTextbox(show_label=False, placeholder="Ask about your images or video… "
-                                           "(paste, drop or attach images and a video here too)",
-                                           sources=["upload"], file_types=["image", "video"], file_count="multiple",
-                                           submit_btn="Send", elem_id="ask", lines=1, max_lines=6)
-                wait_md = gr.Markdown(elem_id="wait")
-                with gr.Row(elem_id="actions"):
-                    # enabled only when they can act (see `controls`): an empty chat has nothing to act on
-                    stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="stop", min_width=60,
-                                         interactive=False)
-                    retry_btn = gr.Button("Retry", size="sm", elem_id="retry", min_width=60, interactive=False)
-                    undo_btn = gr.Button("Undo", size="sm", elem_id="undo", min_width=60, interactive=False)
-                    clear_btn = gr.Button("Clear", size="sm", elem_id="clear", min_width=60, interactive=False)
-                    export_btn = gr.DownloadButton("Export", size="sm", elem_id="export", value=None, min_width=60,
-                                                   interactive=False)
-                with gr.Accordion("Video frames the last answer read", open=False, visible=False,
-                                  elem_id="frames") as frames_row:
-                    frames = gr.Gallery(show_label=False, columns=8, fit_columns=False, height=140,
-                                        object_fit="contain", interactive=False)
-            with gr.Column(scale=2, min_width=280):
-                settings = settings_panel(limits)
-
-        # API-only inputs for the `chat` endpoint (the settings sliders double as its parameters)
-        with gr.Column(visible=False):
-            api_inputs = [gr.Textbox(label="message"), gr.File(file_count="multiple", file_types=["image"],
-                                                                label="images"),
-                          gr.File(file_types=["video"], label="video"), gr.JSON(label="history"),
-                          gr.File(file_types=["image"], label="image")]  # one image: MCP cannot send a list
-            # JSON Schemas an MCP client can check calls against (gradio's own for these cannot be)
-            described_as(api_inputs[1], self_contained(api_inputs[1].api_info()))
-            described_as(api_inputs[3], HISTORY_SCHEMA)
-            described_as(chatbot, self_contained(chatbot.api_info()))  # /export's history
-            api_answer, api_button = gr.Textbox(label="answer"), gr.Button()
-            narrow = gr.Checkbox()  # set in the browser: a phone-sized window
-
-        page = Page(chatbot, model, status_md, gallery, video, box, wait_md, answering, records, taken,
-                    dict(stop=stop_btn, retry=retry_btn, undo=undo_btn, clear=clear_btn, export=export_btn),
-                    frames_row, frames, settings, api_inputs, api_answer, api_button, narrow)
-        for component in (*page.knobs, model):  # checked by name in the handlers (settings_from, checked_model)
+        demo.temp_file_sets.append(files.generated)
+        demo.answers = answers  # the OpenAI-compatible API's answers stream through it too (openai_api)
+        with gr.Row(equal_height=False, elem_id="main"):
+            with gr.Column(scale=3, min_width=300, elem_id="chat-column"):
+                chat_parts = chat_column(app.models, examples, attachments.label([], 0), limits)
+            with gr.Column(scale=2, min_width=280, elem_id="side"):
+                side_parts = side_column(limits, tiles)
+        page = Page(**chat_parts, **side_parts, **hidden_parts(chat_parts["chatbot"]))
+        for component in (*page.knobs.values(), page.model):  # checked by name in the handlers
             taken_as_sent(component)
-        text_only(api_inputs[0], "The message")
-        text_only(settings["system"], "The system prompt")
-        wire(demo, app, page, concurrency)
+        text_only(page.api_inputs[0], "The message")
+        text_only(page.settings["system"], "The system prompt")
+        wire(demo, _Handlers(app, attachments, saving, endpoints), page, concurrency)
     return demo
 
 
-def wire(demo: gr.Blocks, app: ChatHandlers, p: Page, concurrency: int) -> None:
-    """The events: each `fn, inputs, outputs`, chained with `.then`."""
-    model_queue, private = dict(concurrency_id=ANSWERS, concurrency_limit=concurrency), dict(api_visibility="private")
-    chat, answering, records, buttons = p.chatbot, p.answering, p.records, p.buttons
-    settings = [p.model, p.settings["system"], *p.knobs]  # as respond and export take them, after the chat
-    message, images, video, history, image = p.api_inputs
-    p.api_button.click(app.chat, [message, images, video, history, p.settings["system"], *p.knobs, p.model, image],
-                       p.api_answer, api_name="chat", **model_queue)  # first: the API page lists it first
+def chat_column(models: list[str], examples: list[tuple[str, list[str], str | None]], gallery_label: str,
+                limits: Limits) -> dict:
+    """The title, the model and its status, the chat, what waits to be sent, the message box, the
+    chat's buttons and the frames row, with the session's state (built inside the caller's layout)."""
+    with gr.Row(elem_id="top", equal_height=True):
+        gr.Markdown("# Eagle2 · chat about images and videos", elem_id="title")
+        model = gr.Dropdown(models, value=models[0], label="Model", show_label=False, visible=len(models) > 1,
+                            filterable=False, scale=0, min_width=150, elem_id="model")
+        status = gr.Markdown(elem_id="status")
+    chatbot = gr.Chatbot(elem_id="chat", label="Chat", show_label=False, min_height=240, layout="bubble",
+                         buttons=["copy", "copy_all"], editable="user", feedback_options=("Like", "Dislike"),
+                         examples=example_cards(examples), placeholder=INTRO)
+    with gr.Row(elem_id="uploads"):
+        gallery = gr.Gallery(label=gallery_label, type="filepath", file_types=["image"], interactive=True,
+                             columns=4, fit_columns=False, height=124, object_fit="contain", min_width=150,
+                             elem_id="gallery")
+        video = gr.Video(label=f"Video (up to {limits.max_upload_mb} MB)", sources=["upload"], height=124,
+                         min_width=150, elem_id="video")
+    box = gr.MultimodalTextbox(label="Message", show_label=False, placeholder="Ask about your images…",
+                               sources=["upload"], file_types=["image", "video"], file_count="multiple",
+                               submit_btn="Send", stop_btn=False, elem_id="ask", lines=1, max_lines=6)
+    with gr.Row(elem_id="actions"):  # enabled only when they can act (see `controls`)
+        buttons = dict(retry=gr.Button("Retry", size="sm", elem_id="retry", min_width=60, interactive=False),
+                       undo=gr.Button("Undo", size="sm", elem_id="undo", min_width=60, interactive=False),
+                       clear=gr.Button("Clear", size="sm", elem_id="clear", min_width=60, interactive=False),
+                       export=gr.DownloadButton("Export", size="sm", elem_id="export", value=None, min_width=60,
+                                                interactive=False))
+        wait = gr.Markdown(elem_id="wait")
+    with gr.Accordion("Video frames the last answer read", open=False, visible=False, elem_id="frames") as frames_row:
+        frames = gr.Gallery(show_label=False, columns=4, fit_columns=False, height="auto", object_fit="contain",
+                            interactive=False)
+    return dict(chatbot=chatbot, model=model, status=status, gallery=gallery, video=video, box=box, wait=wait,
+                buttons=buttons, frames_row=frames_row, frames=frames,
+                answering=gr.State(False), records=gr.State({}), taken=gr.State([]), warned=gr.State([]),
+                chat_id=gr.State(""),
+                # a fixed key, not a secret (the chats are the visitor's own, in their own browser):
+                # they stay readable after the app restarts
+                saved=gr.BrowserState({"chats": []}, storage_key="eagle2-demo-chats", secret="eagle2-demo"))
 
-    def chain_respond(event):  # only after a question was taken: a refused one raised its toast
-        return event.success(app.respond, [chat, *settings, records], [chat, p.status, answering, records],
-                             api_visibility="undocumented", show_progress="hidden", **model_queue)
 
-    # queued, not queue=False: only a queued event's errors reach the page as toasts
-    asked = [chat, p.box, p.gallery, p.video, p.wait, answering, buttons["export"]]
-    answered = chain_respond(p.box.submit(app.add_message, [p.box, p.gallery, p.video, chat, answering], asked,
-                                          **private))
-    example_answered = chain_respond(chat.example_select(app.run_example, [chat, answering], asked, **private))
-    retried = chain_respond(buttons["retry"].click(app.retry, [chat, answering], [chat, answering, buttons["export"]],
-                                                   **private))
-    # app.stop, app.undo and app.clear tell the running answer (it ends after its token), and gradio
-    # closes the handler too. The example's answer is not in `cancels`: listed there, Stop often did
-    # nothing at all (gradio 6.31); the handlers end it (test_stop_ends_an_answer_begun_from_an_example_card)
-    generating = [answered, retried]
-    halted = buttons["stop"].click(app.stop, chat, [chat, answering], cancels=generating, queue=False, **private)
-    undone = buttons["undo"].click(app.undo, chat, [chat, p.box, p.gallery, p.video, answering], cancels=generating,
-                                   queue=False, **private)
-    cleared = buttons["clear"].click(app.clear, None, [chat, buttons["export"], answering, records],
-                                     cancels=generating, queue=False, **private)
-    rated = chat.like(app.rate, [chat, records], records, queue=False, **private)
-    enable = dict(fn=controls, inputs=[chat, answering, buttons["export"]], outputs=list(buttons.values()),
-                  queue=False, **private)
-    for event in (answered, retried, example_answered, undone, halted, rated):  # Export holds the chat so far
-        event.then(app.export, [chat, *settings, records], buttons["export"], show_progress="hidden",
-                   **(dict(api_name="export") if event is answered else private)).then(**enable)
-    answering.change(**enable)
-    cleared.then(**enable)
-    show_status = dict(fn=app.status, inputs=p.model, outputs=p.status, queue=False, **private)
-    numbered = dict(fn=lambda history, items, made: app.gallery_update(history, made, items),
-                    inputs=[chat, p.gallery, records], outputs=p.gallery, queue=False, show_progress="hidden",
-                    **private)
-    for event in (answered, retried, example_answered, undone, halted, cleared):
-        event.then(frames_row, chat, [p.frames_row, p.frames], queue=False, show_progress="hidden", **private)
-    for event in (undone, cleared, halted):  # a cancelled answer leaves its last stage in the status
-        event.then(**show_status).then(**numbered)
-    # queued (its refusals toast), at once, the latest change only; it ends when the gallery is in order
-    p.gallery.change(app.check_gallery, [p.gallery, chat, records], p.gallery, concurrency_limit=None,
-                     trigger_mode="always_last", show_progress="hidden", **private)
-    # queued (its refusals toast), one at a time: the box sends each new file twice (as it uploads,
-    # and when done), and the second finds it in `taken`; quick (it reads headers only)
-    p.box.change(app.take_attached, [p.box, p.gallery, p.video, chat, records, p.taken],
-                 [p.box, p.gallery, p.video, p.taken], concurrency_id="attach", concurrency_limit=1,
-                 trigger_mode="always_last", show_progress="hidden", **private)
-    p.frames_row.expand(app.frames_seen, [chat, records], p.frames, **private)
-    p.model.change(**show_status)
-    demo.load(**show_status)
-    demo.load(app.default_tiles, p.model, p.settings["max_tiles"], queue=False, **private)
-    demo.load(lambda narrow: gr.update(open=not narrow), p.narrow, p.settings["panel"], js=NARROW, queue=False,
-              **private)
-    wait_inputs = [p.model, p.gallery, p.video, p.settings["max_tiles"], p.settings["num_frames"]]
-    for changed in wait_inputs:
-        changed.change(app.wait_note, wait_inputs, p.wait, queue=False, show_progress="hidden", **private)
+def side_column(limits: Limits, tiles: int | None) -> dict:
+    """The saved chats and the settings (built inside the caller's layout)."""
+    with gr.Accordion("Saved chats (in this browser)", open=True, elem_id="saved"):
+        with gr.Row(equal_height=True):
+            saved_list = gr.Dropdown([], value=None, label="Open a saved chat", show_label=False, scale=3,
+                                     filterable=False, elem_id="saved-list")
+            delete = gr.Button("Delete", size="sm", scale=1, min_width=60, elem_id="delete-chat")
+    return dict(saved_list=saved_list, delete=delete, settings=settings_panel(limits, tiles))
+
+
+def hidden_parts(chatbot: gr.Chatbot) -> dict:
+    """The `chat` endpoint's own inputs (the settings sliders double as its parameters), and what the
+    page's script hands to the server: in the page, never shown."""
+    with gr.Column(visible=False):
+        api_inputs = [gr.Textbox(label="message"), gr.File(file_count="multiple", file_types=["image"],
+                                                            label="images"),
+                      gr.File(file_types=["video"], label="video"), gr.JSON(label="history"),
+                      gr.File(file_types=["image"], label="image")]  # one image: MCP cannot send a list
+        # JSON Schemas an MCP client can check calls against (gradio's own for these cannot be)
+        described_as(api_inputs[1], self_contained(api_inputs[1].api_info()))
+        described_as(api_inputs[3], HISTORY_SCHEMA)
+        described_as(chatbot, self_contained(chatbot.api_info()))  # /export's history
+        api_answer, api_button, api_export = gr.Textbox(label="answer"), gr.Button(), gr.Button()
+        narrow = gr.Checkbox()  # set in the browser: a phone-sized window
+    # rendered (the script writes them), not shown
+    return dict(api_inputs=api_inputs, api_answer=api_answer, api_button=api_button, api_export=api_export,
+                narrow=narrow,
+                refused_files=gr.Textbox(visible="hidden", elem_id="refused-files"),
+                edited=gr.Textbox(visible="hidden", elem_id="edited"))
+
+
+@dataclass
+class _Handlers:
+    """What the page's events call."""
+
+    chat: ChatActions
+    attachments: Attachments
+    saving: SavedChats
+    endpoints: Endpoints
+
+
+def wire(demo: gr.Blocks, handlers: _Handlers, p: Page, concurrency: int) -> None:
+    """The events: each `fn, inputs, outputs`, chained with `.then`; the settings passed by name."""
+    wiring = _Wiring(demo, handlers, p, concurrency)
+    wiring.api()
+    asked = wiring.asking()
+    halted, undone, cleared, rated = wiring.buttons(asked)
+    opened, deleted, reopened = wiring.saved_chats()
+    wiring.afterwards(done=[*asked, *undone, halted, rated, opened, reopened], emptied=[*cleared, deleted],
+                      ended=[*undone, *cleared, halted, deleted, opened, reopened])
+    wiring.uploads()
+    wiring.settings()
+
+
+PRIVATE = dict(api_visibility="private", show_progress="hidden")
+# a page event that may be refused: one toast, and no component marked as failed (see page_refusal)
+QUIET = dict(show_progress_on=[], **PRIVATE)
+
+
+class _Wiring:
+    """`wire`'s parts, over one page."""
+
+    def __init__(self, demo: gr.Blocks, handlers: _Handlers, p: Page, concurrency: int):
+        self.demo, self.p, self.endpoints = demo, p, handlers.endpoints
+        self.app, self.attachments, self.saving = handlers.chat, handlers.attachments, handlers.saving
+        self.model_queue = dict(concurrency_id=ANSWERS, concurrency_limit=concurrency)
+        # as respond and export take them: the chat, then the model, the system prompt and the settings
+        self.chat_and_settings = dict(history=p.chatbot, model=p.model, system=p.settings["system"], **p.knobs,
+                                      records=p.records)
+        self.may_ask = dict(history=p.chatbot, answering=p.answering, model=p.model, **p.knobs)
+
+    def api(self) -> None:
+        p = self.p
+        message, images, video, history, image = p.api_inputs
+        # the endpoint's parameters, in this order, are its public API (gradio_client, MCP)
+        p.api_button.click(self.endpoints.chat, inputs_kwargs=dict(message=message, images=images, video=video,
+                                                             history=history, system=p.settings["system"], **p.knobs,
+                                                             model=p.model, image=image),
+                           outputs=p.api_answer, api_name="chat", **self.model_queue)  # first: listed first
+        # the chat as a JSON file, for API clients (the page writes its own after each change)
+        p.api_export.click(self.endpoints.export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"],
+                           api_name="export")
+
+    def _respond_after(self, event):
+        """The answer, only after a question was taken (a refused one toasted and changed nothing). The
+        one event the screen reader hears of: "Done" when the answer is done (the others are hidden)."""
+        p = self.p
+        return event.success(self.app.respond, inputs_kwargs=self.chat_and_settings,
+                             outputs=[p.chatbot, p.status, p.answering, p.records], api_visibility="undocumented",
+                             show_progress="minimal", show_progress_on=[], **self.model_queue)
+
+    def asking(self) -> list:
+        """Every way to ask: Send, an example card, Retry (the button, the chat's own), an edited
+        question, Continue. The answer events, Send's first (its export is the API's /export)."""
+        p, app, chat = self.p, self.app, self.p.chatbot
+        taken = [chat, p.answering, p.buttons["export"]]
+        sent = p.box.submit(app.ask, inputs_kwargs=dict(box=p.box, images=p.gallery, video=p.video, **self.may_ask),
+                            outputs=[chat, p.box, p.gallery, p.video, p.wait, p.answering, p.buttons["export"]],
+                            **QUIET)
+        example = chat.example_select(app.run_example, inputs_kwargs=self.may_ask, outputs=taken, **QUIET)
+        example.then(None, js=FOCUS_BOX, **PRIVATE)
+        again = [trigger(app.retry, inputs_kwargs=self.may_ask, outputs=taken, **QUIET)
+                 for trigger in (p.buttons["retry"].click, chat.retry)]
+        edited = p.edited.change(app.edit, inputs_kwargs=dict(edited=p.edited, **self.may_ask), outputs=taken, **QUIET)
+        continued = chat.option_select(app.continue_answer, inputs_kwargs=self.may_ask, outputs=taken, **QUIET)
+        return [self._respond_after(event) for event in (sent, example, *again, edited, continued)]
+
+    def buttons(self, asked: list) -> tuple:
+        """Stop (the message box's, while an answer streams), Undo and Clear (the buttons and the chat's
+        own icons), a like. Stop, Undo and Clear tell the running answer (it ends after its token),
+        and gradio closes the handler too. The example's answer is not in `cancels`: listed there,
+        Stop often did nothing at all; the handlers end it."""
+        p, app, chat = self.p, self.app, self.p.chatbot
+        generating = [event for i, event in enumerate(asked) if i != 1]
+        halted = p.box.stop(app.stop, [chat, p.records], [chat, p.answering, p.records], cancels=generating,
+                            queue=False, **PRIVATE)
+        undone = [trigger(app.undo, chat, [chat, p.box, p.gallery, p.video, p.answering], cancels=generating,
+                          queue=False, **PRIVATE) for trigger in (p.buttons["undo"].click, chat.undo)]
+        cleared = [trigger(app.clear, None, [chat, p.buttons["export"], p.answering, p.records, p.chat_id],
+                           cancels=generating, queue=False, **PRIVATE) for trigger in (p.buttons["clear"].click,
+                                                                                      chat.clear)]
+        rated = chat.like(app.rate, [chat, p.records], p.records, queue=False, **PRIVATE)
+        return halted, undone, cleared, rated
+
+    def saved_chats(self) -> tuple:
+        """The chats kept in the browser: the latest reopened on a page load, one opened from the list,
+        the one shown deleted."""
+        p, saving, chat = self.p, self.saving, self.p.chatbot
+        opened = p.saved_list.input(saving.opened, [p.saved_list, p.saved, p.answering],
+                                    [chat, p.records, p.chat_id, p.buttons["export"]], **QUIET)
+        deleted = p.delete.click(saving.deleted, [p.chat_id, p.saved, p.answering],
+                                 [p.saved, chat, p.records, p.chat_id, p.saved_list, p.buttons["export"]], **QUIET)
+        reopened = self.demo.load(saving.reopened, p.saved, [chat, p.records, p.chat_id, p.saved_list], **PRIVATE)
+        return opened, deleted, reopened
+
+    def afterwards(self, done: list, emptied: list, ended: list) -> None:
+        """What follows a change of the chat: `done` (it holds what it will hold) writes its export,
+        sets the buttons and saves it in the browser; `emptied` sets the buttons; `ended` (an answer
+        may have been cut short) follows the status until a load ends, and renumbers the gallery."""
+        p, app, chat = self.p, self.app, self.p.chatbot
+        enable = dict(fn=controls, inputs=[chat, p.answering, p.buttons["export"]],
+                      outputs=[p.box, p.buttons["retry"], p.buttons["undo"], p.buttons["clear"], p.buttons["export"],
+                               p.model], queue=False, **PRIVATE)
+        save = dict(fn=self.saving.save, inputs=[chat, p.records, p.chat_id, p.saved],
+                    outputs=[p.saved, p.chat_id, p.saved_list], queue=False, **PRIVATE)
+        for event in done:  # Export holds the chat so far, and the browser keeps it
+            event.then(app.page_export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"], **QUIET
+                       ).then(**enable).then(**save)
+        p.answering.change(**enable)
+        numbered = dict(fn=lambda history, items, waiting: self.attachments.gallery_update(history, waiting, items),
+                        inputs=[chat, p.gallery, p.video], outputs=p.gallery, queue=False, **PRIVATE)
+        for event in emptied:
+            event.then(**enable).then(**save)
+        for event in (*done, *emptied):
+            event.then(frames_row, chat, [p.frames_row, p.frames], queue=False, **PRIVATE)
+            event.then(**numbered)
+        for event in ended:
+            event.then(app.settled_status, p.model, p.status, concurrency_limit=None, **PRIVATE).then(**numbered)
+
+    def uploads(self) -> None:
+        """Every file checked as it arrives, in the gallery, the video slot or the message box."""
+        p, attachments, chat = self.p, self.attachments, self.p.chatbot
+        # queued (its refusals toast), at once, the latest change only; it ends when the gallery is in order
+        p.gallery.change(attachments.check_gallery, [p.gallery, p.video, chat, p.warned], [p.gallery, p.warned],
+                         concurrency_limit=None, trigger_mode="always_last", **PRIVATE)
+        p.video.change(attachments.check_video, [p.video, p.gallery, chat], [p.video, p.gallery],
+                       concurrency_limit=None, trigger_mode="always_last", **PRIVATE)
+        p.refused_files.change(attachments.refused_uploads, p.refused_files, p.refused_files, concurrency_limit=None,
+                              **PRIVATE)
+        # queued (its refusals toast), one at a time: the box sends each new file twice (as it uploads,
+        # and when done), and the second finds it in `taken`; quick (it reads headers only)
+        p.box.change(attachments.take_attached, [p.box, p.gallery, p.video, chat, p.taken, p.warned],
+                     [p.box, p.gallery, p.video, p.taken, p.warned], concurrency_id="attach", concurrency_limit=1,
+                     trigger_mode="always_last", **PRIVATE)
+        p.frames_row.expand(attachments.frames_seen, [chat, p.records], p.frames, **PRIVATE)
+        wait_inputs = dict(model=p.model, images=p.gallery, video=p.video, max_tiles=p.settings["max_tiles"],
+                           num_frames=p.settings["num_frames"])
+        for changed in wait_inputs.values():
+            changed.change(attachments.wait_note, inputs_kwargs=wait_inputs, outputs=p.wait, queue=False,
+                           **PRIVATE)
+
+    def settings(self) -> None:
+        """A setting out of range is told as it is set, not only on sending; the model's status; the
+        settings folded on a phone."""
+        p, app = self.p, self.app
+        for name, knob in p.knobs.items():
+            trigger = knob.blur if name == "seed" else knob.change
+            trigger(app.check_settings, inputs_kwargs=p.knobs, concurrency_limit=None, **PRIVATE)
+        show_status = dict(fn=app.status, inputs=p.model, outputs=p.status, queue=False, **PRIVATE)
+        p.model.change(**show_status)
+        self.demo.load(**show_status)
+        self.demo.load(lambda narrow: gr.update(open=not narrow), p.narrow, p.settings["panel"], js=NARROW,
+                       queue=False, **PRIVATE)

@@ -220,17 +220,17 @@ def test_python_app_py_refuses_a_missing_folder_without_a_traceback(tmp_path):
 
 
 def test_readme_client_example_works_as_written(app_server, monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "python-and-mcp.md").read_text(encoding="utf-8")
     section = readme.split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
     code, more = (block.split("```", 1)[0] for block in section.split("```python\n")[1:3])
     assert code.count("http://127.0.0.1:7860/") == 1
     monkeypatch.chdir(ROOT)
     names = {}
-    exec(compile(code.replace("http://127.0.0.1:7860/", app_server.url), "README.md", "exec"), names)
+    exec(compile(code.replace("http://127.0.0.1:7860/", app_server.url), "python-and-mcp.md", "exec"), names)
     printed = capsys.readouterr().out  # gradio_client's "Loaded as API" line, then the answer
     answer = app_server.recorder.generations[-1].text
     assert answer and printed.endswith(answer + "\n")
-    exec(compile(more, "README.md", "exec"), names)  # several images, a video and a history
+    exec(compile(more, "python-and-mcp.md", "exec"), names)  # several images, a video and a history
     generation = app_server.recorder.generations[-1]
     assert generation.text == names["answer"] and len(generation.num_tiles) == 2 + generation.num_frames
 

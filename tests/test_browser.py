@@ -71,9 +71,20 @@ def ask(page, text: str, image: Path | None = None):
 
 
 def answered(page, count: int, timeout: float = 60_000) -> None:
-    """Wait until `count` answers have ended (each ends with its line: model, tokens, ...)."""
+    """Wait until `count` answers have ended (each ends with its line: model, tokens, time to the
+    first token, ...)."""
     page.wait_for_function("n => [...document.querySelectorAll('#chat [data-testid=bot]')]"
-                           ".filter(b => / tokens( ·|$)/.test(b.innerText)).length >= n", arg=count, timeout=timeout)
+                           ".filter(b => / tokens · [\\d.]+ s to first token/.test(b.innerText)).length >= n",
+                           arg=count, timeout=timeout)
+
+
+STOP = "#ask .stop-button"  # Send becomes Stop while an answer streams
+
+
+def stop(page) -> None:
+    """Press Stop, once an answer streams, and wait until Send is back."""
+    page.locator(STOP).click()
+    page.wait_for_function("() => !document.querySelector('#ask .stop-button')")
 
 
 def settle(generation, quiet: float = 0.3, timeout: float = 10):
@@ -110,9 +121,9 @@ def test_upload_ask_stream_stop_and_export(page, app_server, monkeypatch):
         time.sleep(0.05)
     assert len(set(seen)) >= 3, f"the answer did not stream: {seen}"
 
-    page.wait_for_function("() => !document.querySelector('#stop').disabled")
+    page.locator(STOP).wait_for()
     clicked = time.monotonic()
-    page.locator("#stop").click()
+    page.locator(STOP).click()
     assert generation.cancel.wait(timeout=10), "Stop did not cancel the decode"  # gradio's cancel takes a moment
     decoded = settle(generation)
     assert generation.finish_reason == "cancelled", (

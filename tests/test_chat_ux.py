@@ -15,14 +15,25 @@ from pathlib import Path
 
 import pytest
 
+from eagle_demo.chat_actions import BUSY_SENDING
 from eagle_demo.config import LIMITS
-from eagle_demo.handlers import BUSY_SENDING
 from tests.conftest import ARTIFACTS, ASSETS
 from tests.media_factory import make_image
-from tests.test_browser import CHROMIUM, RECORD_STATUS, answered, ask, browser, open_page, set_number, small_app  # noqa: F401
+from tests.test_browser import (  # noqa: F401 - browser and small_app are fixtures
+    CHROMIUM,
+    RECORD_STATUS,
+    STOP,
+    answered,
+    ask,
+    browser,
+    open_page,
+    set_number,
+    small_app,
+    stop,
+)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
-BUTTONS = ("stop", "retry", "undo", "clear", "export")
+BUTTONS = ("retry", "undo", "clear", "export")
 
 
 @pytest.fixture
@@ -44,7 +55,8 @@ def small_page(browser, small_app):  # noqa: F811
 
 
 def enabled(page) -> dict[str, bool]:
-    return {name: page.locator(f"#{name}").is_enabled() for name in BUTTONS}
+    """Which buttons are enabled, and whether the box offers Stop (in Send's place)."""
+    return {"stop": page.locator(STOP).count() > 0, **{name: page.locator(f"#{name}").is_enabled() for name in BUTTONS}}
 
 
 def toast(page, text: str) -> None:
@@ -61,14 +73,14 @@ def streaming(app, seen: int) -> None:
 
 def test_buttons_act_only_when_they_can_and_a_stopped_answer_says_so(small_page, small_app):  # noqa: F811
     page = small_page
-    assert enabled(page) == dict.fromkeys(BUTTONS, False)  # an empty chat: nothing to act on
+    assert enabled(page) == dict.fromkeys(("stop", *BUTTONS), False)  # an empty chat: nothing to act on
     seen = len(small_app.recorder.generations)
     ask(page, "Tell me a long story.")
     streaming(small_app, seen)
+    page.locator(STOP).wait_for()
     assert enabled(page) == {"stop": True, "retry": False, "undo": True, "clear": True, "export": False}
     page.screenshot(path=str(ARTIFACTS / "ux-streaming.png"))
-    page.locator("#stop").click()
-    page.wait_for_function("() => document.querySelector('#stop').disabled")
+    stop(page)
     page.locator("#chat [data-testid=bot]").last.get_by_text("stopped").wait_for()
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('ready')")  # no stale stage
     page.wait_for_function("() => !document.querySelector('#export').disabled")
@@ -76,13 +88,13 @@ def test_buttons_act_only_when_they_can_and_a_stopped_answer_says_so(small_page,
     page.screenshot(path=str(ARTIFACTS / "ux-stopped.png"))
     page.locator("#clear").click()
     page.wait_for_function("() => document.querySelector('#clear').disabled")
-    assert enabled(page) == dict.fromkeys(BUTTONS, False)
+    assert enabled(page) == dict.fromkeys(("stop", *BUTTONS), False)
 
 
 def test_a_question_sent_while_an_answer_streams_is_refused_and_kept_in_the_box(small_page):
     page = small_page
     ask(page, "Tell me a long story.")
-    page.wait_for_function("() => !document.querySelector('#stop').disabled")
+    page.locator(STOP).wait_for()
     box = page.locator("#ask textarea")
     box.fill("And what happened next?")
     box.press("Enter")
@@ -90,8 +102,7 @@ def test_a_question_sent_while_an_answer_streams_is_refused_and_kept_in_the_box(
     assert box.input_value() == "And what happened next?"  # nothing typed is lost
     assert page.locator("#chat [data-testid=user]").count() == 1  # and the chat did not take it
     page.screenshot(path=str(ARTIFACTS / "ux-busy-send.png"))
-    page.locator("#stop").click()
-    page.wait_for_function("() => document.querySelector('#stop').disabled")
+    stop(page)
     set_number(page, "Max new tokens", 4)
     box.press("Enter")  # the kept text, sent once the answer has stopped
     page.locator("#chat [data-testid=user]").last.get_by_text("And what happened next?").wait_for()
@@ -132,7 +143,7 @@ def test_stop_before_the_answer_began_leaves_a_calm_note_and_the_next_question_s
     page.locator("#uploads img").first.wait_for()
     ask(page, "Compare them.")
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('reading the images')")
-    page.locator("#stop").click()
+    page.locator(STOP).click()
     note = page.locator("#chat").get_by_text("Stopped before the answer began.")
     note.wait_for()
     assert "Error" not in page.locator("#chat").inner_text()
@@ -257,11 +268,11 @@ def test_images_pasted_dropped_or_attached_in_the_message_box_join_the_gallery_n
     limit = LIMITS.max_images_per_conversation
     page.locator("#ask textarea").fill("Compare")
     hand_over(page, ASSETS / "scene.jpg", "paste")
-    wait_for_captions(page, ["<image 1>"])
+    wait_for_captions(page, ["Image 1"])
     hand_over(page, ASSETS / "chart.png", "drop", "image/png")
-    wait_for_captions(page, ["<image 1>", "<image 2>"])
+    wait_for_captions(page, ["Image 1", "Image 2"])
     page.locator("#ask input[type=file]").set_input_files(str(ASSETS / "document.jpg"))  # the paperclip
-    wait_for_captions(page, ["<image 1>", "<image 2>", "<image 3>"])
+    wait_for_captions(page, ["Image 1", "Image 2", "Image 3"])
     page.get_by_text(f"Images · 3 of {limit} in this chat").wait_for()
     renamed = tmp_path / "notes.jpg"
     renamed.write_text("a text file with an image's name")
@@ -272,7 +283,7 @@ def test_images_pasted_dropped_or_attached_in_the_message_box_join_the_gallery_n
     assert page.locator("#ask textarea").input_value() == "Compare"  # the text stays as typed
     page.screenshot(path=str(ARTIFACTS / "ux-attached.png"))
     page.locator("#gallery .delete-button").nth(1).click()  # removed before sending: the rest renumbered
-    wait_for_captions(page, ["<image 1>", "<image 2>"])
+    wait_for_captions(page, ["Image 1", "Image 2"])
     page.get_by_text(f"Images · 2 of {limit} in this chat").wait_for()
     set_number(page, "Max new tokens", 4)
     page.locator("#ask textarea").fill("Compare them.")
@@ -280,7 +291,7 @@ def test_images_pasted_dropped_or_attached_in_the_message_box_join_the_gallery_n
     answered(page, 1)
     assert page.locator("#chat [data-testid=user] img").count() == 2
     hand_over(page, ASSETS / "scene.jpg", "paste")
-    wait_for_captions(page, ["<image 3>"])  # the number the model will see, after the chat's two
+    wait_for_captions(page, ["Image 3"])  # numbered over the chat's images, after its two
     page.get_by_text(f"Images · 3 of {limit} in this chat").wait_for()
     page.locator("#ask textarea").fill("And this one?")
     page.evaluate("() => document.querySelectorAll('.toast-wrap').forEach(t => t.remove())")
@@ -406,8 +417,7 @@ def test_stop_ends_an_answer_begun_from_an_example_card(small_page, small_app): 
     small_page.locator("#chat").get_by_text("What happens in this video?").first.click()
     small_page.wait_for_function("() => document.querySelectorAll('#chat [data-testid=bot]').length > 0")
     generation = small_app.recorder.generations[seen]
-    small_page.wait_for_function("() => !document.querySelector('#stop').disabled")
-    small_page.locator("#stop").click()
+    small_page.locator(STOP).click()
     assert generation.cancel.wait(timeout=10), "Stop did not cancel the decode"
     deadline = time.monotonic() + 10
     while generation.finish_reason is None and time.monotonic() < deadline:  # the step it is on ends first

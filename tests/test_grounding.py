@@ -62,28 +62,34 @@ def test_draw_boxes_without_boxes_returns_an_rgb_copy():
 
 
 def test_the_app_draws_an_answers_boxes_on_the_latest_image(tmp_path):
+    from eagle_demo.chat_actions import annotate
     from eagle_demo.conversation import Message
-    from eagle_demo.handlers import annotate
+    from eagle_demo.records import OutputFiles
+
+    files = OutputFiles(tmp_path / "out")
 
     first, latest = tmp_path / "a.png", tmp_path / "b.png"
     Image.new("RGB", (100, 100), "white").save(first)
     Image.new("RGB", (200, 100), "black").save(latest)
     turns = [Message("user", "", [str(first), str(latest)])]
-    path = annotate("<ref>thing</ref><box>[[0, 0, 500, 500]]</box>", turns)
+    path = annotate("<ref>thing</ref><box>[[0, 0, 500, 500]]</box>", turns, files)
     with Image.open(path) as drawn:
         assert drawn.size == (200, 100) and drawn.getpixel((0, 25)) != (0, 0, 0)
-    assert annotate("no boxes", turns) is None
-    assert annotate("<box>[[0, 0, 5, 5]]</box>", [Message("user", "")]) is None
+    assert files.generated == {path}  # deleted with the uploads
+    assert annotate("no boxes", turns, files) is None
+    assert annotate("<box>[[0, 0, 5, 5]]</box>", [Message("user", "")], files) is None
 
 
 def test_boxes_are_drawn_on_the_image_as_the_model_saw_it(tmp_path):
     """Upright per its EXIF orientation, and nothing drawn on a file the model would refuse."""
+    from eagle_demo.chat_actions import annotate
     from eagle_demo.conversation import Message
-    from eagle_demo.handlers import annotate
+    from eagle_demo.records import OutputFiles
     from tests.media_factory import make_bomb_png, make_exif_rotated_photo
 
+    files = OutputFiles(tmp_path / "out")
     turns = [Message("user", "", [str(make_exif_rotated_photo(tmp_path / "r.jpg", (64, 48)))])]
-    with Image.open(annotate("<box>[[0, 0, 500, 500]]</box>", turns)) as drawn:
+    with Image.open(annotate("<box>[[0, 0, 500, 500]]</box>", turns, files)) as drawn:
         assert drawn.size == (48, 64)
     turns[0].images = [str(make_bomb_png(tmp_path / "bomb.png"))]
-    assert annotate("<box>[[0, 0, 500, 500]]</box>", turns) is None
+    assert annotate("<box>[[0, 0, 500, 500]]</box>", turns, files) is None

@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 
 from eagle_demo.config import DEFAULT_SYSTEM_PROMPT, LIMITS
 from eagle_demo.media import sample_video
-from eagle_demo.openai_api import FOLDER, WRONG_KEY
+from eagle_demo.openai_api import WRONG_KEY, request_folder
 from tests.conftest import ASSETS, launched_app, serve_app, stop_app, wait_until_serving
 from tests.media_factory import make_image, make_video
 
@@ -105,7 +105,7 @@ def test_images_a_video_and_a_history_in_one_request(app_server, api, tmp_path):
 def files_left(timeout: float = 10.0) -> list[Path]:
     """The /v1 requests' files still on disk, once their answers' events have ended."""
     end = time.monotonic() + timeout
-    while (left := list(FOLDER.glob("*/*"))) and time.monotonic() < end:
+    while (left := list(request_folder().glob("*/*"))) and time.monotonic() < end:
         time.sleep(0.05)
     return left
 

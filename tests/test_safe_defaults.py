@@ -58,7 +58,7 @@ def test_the_running_app_listens_on_loopback_only_without_a_share_link(app_serve
 
 
 def test_file_route_serves_uploads_and_nothing_else(app_server, tiny_checkpoint, tmp_path):
-    from eagle_demo import handlers
+    from eagle_demo.records import process_folder
 
     upload = httpx.post(app_server.url + "gradio_api/upload",
                         files={"files": ("photo.png", make_image(tmp_path / "photo.png").read_bytes())})
@@ -66,8 +66,8 @@ def test_file_route_serves_uploads_and_nothing_else(app_server, tiny_checkpoint,
     served = httpx.get(app_server.url + "gradio_api/file=" + uploaded)
     assert served.status_code == 200 and served.content == (tmp_path / "photo.png").read_bytes()
 
-    handlers.OUT_DIR.mkdir(parents=True, exist_ok=True)
-    own_output = handlers.OUT_DIR / "not-returned-by-the-app.json"
+    (process_folder() / "outputs").mkdir(parents=True, exist_ok=True)
+    own_output = process_folder() / "outputs" / "not-returned-by-the-app.json"
     own_output.write_text("{}")
     gradio_dir = str(Path(uploaded).parent.parent)
     attempts = [

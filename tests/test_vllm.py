@@ -188,6 +188,32 @@ def test_the_9b_layout_is_served_as_the_engine_serves_it(tmp_path):
         assert_served_as_the_engine_serves(server, engine, [question])
 
 
+def test_eval_run_through_the_server_gives_the_engines_greedy_predictions(server, checkpoint, tmp_path):
+    """`eval run --server URL --concurrency 2`: the same pixels and prompts reach vLLM, whose greedy
+    answers equal the native engine's, item by item."""
+    import subprocess
+    import sys
+
+    from eagle_demo.evaluation.backends import NativeBackend
+    from eagle_demo.evaluation.data import read_tsv
+    from eagle_demo.evaluation.presets import benchmark
+    from eagle_demo.evaluation.runner import read_records, run
+    from tests.eval_data import chartqa_rows, write_tsv
+
+    data = write_tsv(tmp_path / "ChartQA_TEST.tsv", chartqa_rows([(300, 200), (200, 300), (500, 180)]))
+    native, _ = run(NativeBackend(str(checkpoint), device="cpu", dtype="float32"), benchmark("ChartQA_TEST"),
+                    read_tsv(data), tmp_path / "native" / "ChartQA_TEST.jsonl", max_new_tokens=8)
+    done = subprocess.run([sys.executable, "-m", "eagle_demo", "eval", "run", "--benchmark", "ChartQA_TEST", "--data",
+                           str(data), "--server", server.url, "--concurrency", "2", "--model", SERVED, "--out",
+                           str(tmp_path / "served"), "--max-new-tokens", "8"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    served = {r["index"]: r for r in read_records(tmp_path / "served" / "ChartQA_TEST.jsonl")}
+    assert [(r["prediction"], r["tiles"]) for r in native] == [(served[r["index"]]["prediction"],
+                                                                 served[r["index"]]["tiles"]) for r in native]
+    assert json.loads(done.stdout.splitlines()[-1])["model"] == SERVED
+
+
 # ------------------------------------------------------------------------------- the app as front end
 @pytest.fixture(scope="module")
 def front_end(server):

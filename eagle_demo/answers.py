@@ -1,0 +1,143 @@
+"""The model side of every answer, the page's and the APIs': load the model if needed, then stream.
+
+Plain data in (the conversation, a model's name, the system prompt, `GenerationSettings`) and plain
+data out (`AnswerUpdate`s), so that on ZeroGPU it runs in the GPU worker, which pickles both ways.
+Errors leave as data too, already in their two kinds (see errors.py): a `UserError`'s message as
+it is, anything else as the reference message. No Gradio here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backend import Backend
+from .chat_history import hide_paths
+from .config import GenerationSettings
+from .conversation import Message
+from .errors import UserError, server_fault
+from .models import LoadError
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass
+class AnswerUpdate:
+    """One step of an answer: its text so far and its tokens, or what runs now (`status`). The last
+    update holds the answer's `stats`, or, for an answer that failed, the `error` to show and its
+    HTTP status."""
+
+    text: str = ""
+    tokens: int = 0
+    status: str | None = None
+    stats: dict | None = None
+    error: str | None = None
+    error_status: int = 500
+    token_ids: list[int] = field(default_factory=list)  # the answer's tokens this update adds
+    prompt_token_ids: list[int] | None = None  # with the answer's first update that holds text (or its last)
+
+
+def unknown_model(names: list[str]) -> UserError:
+    return UserError(f"Unknown model; this app serves {', '.join(names)}.", 404)
+
+
+def on_own_thread(work: Callable[[Callable[[Any], None], threading.Event], None]) -> Iterator:
+    """Yield what `work(emit, cancel)` emits, running it on one thread of its own.
+
+    The work (loading, decoding) then never waits on the web server. Closing this generator (Stop,
+    a client's cancel, ZeroGPU's stop at the next yield) sets `cancel`, and the decode loop ends
+    after its current token, freeing the engine.
+    """
+    items: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def run():
+        try:
+            work(items.put, cancel)
+        except BaseException as e:  # handed to the consumer, who raises it
+            items.put(e)
+        finally:
+            items.put(_DONE)
+
+    worker = threading.Thread(target=run, name="eagle2-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()
+        worker.join(timeout=30)  # the engine stops after the token it is on
+
+
+def answer_stats(model: str, answer) -> dict:
+    """What the export and the answer's footer tell of a finished answer (a backend.Answer)."""
+    return {"model": model, "tokens": len(answer.token_ids), "ttft_s": answer.timings.get("ttft_s"),
+            "tokens_per_s": answer.timings.get("decode_tokens_per_s"),
+            "image_tiles": sum(answer.num_tiles) - answer.num_frames, "frames": answer.num_frames,
+            "reused_tokens": answer.timings.get("reused_tokens"), "finish_reason": answer.finish_reason}
+
+
+class AnswerStream:
+    """`stream(turns, model, system, settings)`: the updates of one answer by the `backend`'s model
+    of that name. `gpu` is `spaces.GPU` on ZeroGPU: the model side then runs in its GPU worker, which
+    is asked up front for the seconds of GPU the answer may take."""
+
+    def __init__(self, backend: Backend, gpu: Callable | None = None):
+        self.backend = backend
+        self._updates = self._model_side if gpu is None else gpu(duration=self._gpu_seconds)(self._model_side)
+
+    def stream(self, turns: list[Message], model: str, system: str,
+               settings: GenerationSettings) -> Iterator[AnswerUpdate]:
+        """The answer's updates; closing this generator stops the decode (in ZeroGPU's worker: at
+        its next yield)."""
+        if model not in self.backend.names:  # never load whatever a client names
+            error = unknown_model(self.backend.names)
+            yield AnswerUpdate(error=str(error), error_status=error.status)
+            return
+        with closing(self._updates(turns, model, system, settings)) as updates:
+            yield from updates
+
+    def _gpu_seconds(self, turns: list[Message], model: str, system: str, settings: GenerationSettings) -> int:
+        return self.backend.gpu_seconds(model, settings.max_new_tokens, sum(len(t.files) for t in turns))
+
+    def _model_side(self, turns: list[Message], model: str, system: str,
+                    settings: GenerationSettings) -> Iterator[AnswerUpdate]:
+        backend = self.backend
+
+        def work(emit, cancel):
+            def loading(fraction, text):
+                emit(AnswerUpdate(status=text if fraction is None else f"{text} ({fraction:.0%})"))
+
+            def stage(fraction, text):  # its text counts what is done already
+                emit(AnswerUpdate(status=text))
+
+            with backend.use(model, loading) as chat_model:
+                emit(AnswerUpdate(status=backend.status(model)))
+                answer = chat_model.chat(turns, system, settings, cancel=cancel, progress=stage)
+                text, sent = "", 0
+                for delta in answer:
+                    first, text, ids = not text, text + delta, answer.token_ids
+                    emit(AnswerUpdate(text=text, tokens=len(ids), token_ids=ids[sent:],
+                                      prompt_token_ids=list(answer.prompt_token_ids) if first else None))
+                    sent = len(ids)
+                emit(AnswerUpdate(text=text, tokens=len(answer.token_ids), token_ids=answer.token_ids[sent:],
+                                  prompt_token_ids=None if text else list(answer.prompt_token_ids),
+                                  stats=answer_stats(model, answer)))
+
+        try:
+            yield from on_own_thread(work)
+        except UserError as e:  # the user can act on it (a LoadError is the operator's too)
+            if isinstance(e, LoadError):
+                log.warning("%s", e)
+            yield AnswerUpdate(error=hide_paths(str(e), turns), error_status=e.status)
+        except Exception:
+            yield AnswerUpdate(error=server_fault(f"answering with {model} failed"))
