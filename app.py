@@ -19,6 +19,7 @@ from starlette.middleware import Middleware
 from eagle_demo import page_style, ui
 from eagle_demo.config import DEFAULT_MODEL, LIMITS, QUEUED_PER_ANSWER_SLOT
 from eagle_demo.models import ModelMenu, load_hint
+from eagle_demo.openai_api import OpenAIApi
 from eagle_demo.records import process_folder
 from eagle_demo.request_guard import RequestGuard
 from eagle_demo.server_client import ServerError, ServerMenu
@@ -68,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="answers generated at once; more wait in the queue [EAGLE_CONCURRENCY]")
     p.add_argument("--max-models", type=int, default=int(env("EAGLE_MAX_MODELS") or 0),
                    help="most models of the menu kept loaded at once; 0: as many as fit in memory [EAGLE_MAX_MODELS]")
+    p.add_argument("--no-openai-api", action="store_true", default=_env_flag("EAGLE_NO_OPENAI_API"),
+                   help="do not serve the OpenAI-compatible /v1/models and /v1/chat/completions [EAGLE_NO_OPENAI_API]")
+    p.add_argument("--api-key", default=env("EAGLE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 (a comma list: any of these keys); without "
+                        "one, /v1 is as open as the page's own API [EAGLE_API_KEY]")
     p.add_argument("--delete-uploads-after", type=float, default=float(env("EAGLE_DELETE_UPLOADS_AFTER") or 24),
                    help="hours after which uploaded and generated files are deleted [EAGLE_DELETE_UPLOADS_AFTER]")
     return p.parse_args(argv)
@@ -132,6 +138,9 @@ def build(args: argparse.Namespace):
     keep = int(args.delete_uploads_after * 3600)
     demo = ui.build_app(menu, limits=limits, gpu=spaces.GPU if ZERO_GPU else None, concurrency=args.concurrency,
                         delete_cache=(min(keep, 3600), keep) if keep > 0 else None)
+    routes = [] if args.no_openai_api else OpenAIApi(
+        menu, limits, demo.answers, api_keys=[k.strip() for k in (args.api_key or "").split(",") if k.strip()],
+    ).attach(demo, args.concurrency)
     # one answer queued or running per client (RequestGuard), and a bounded queue: a full one is refused
     demo.queue(default_concurrency_limit=args.concurrency, max_size=QUEUED_PER_ANSWER_SLOT * args.concurrency)
     # No server-side rendering, no run history: through the SSR server, gradio 6.27-6.31's run-history
@@ -141,7 +150,7 @@ def build(args: argparse.Namespace):
                   i18n=ui.ANNOUNCED, max_file_size=f"{args.max_upload_mb}mb",
                   footer_links=["api", "gradio", "settings"],
                   ssr_mode=False, run_history=False, mcp_server=args.mcp,  # always a bool: the flag alone decides
-                  app_kwargs={"middleware": [Middleware(
+                  app_kwargs={"routes": routes, "middleware": [Middleware(
                       RequestGuard, concurrency_id=ui.ANSWERS, max_files=limits.max_images_per_conversation,
                       max_file_bytes=limits.max_upload_mb * 2**20)]})
     return demo, menu, launch

@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .backend import Backend
@@ -40,6 +40,8 @@ class AnswerUpdate:
     stats: dict | None = None
     error: str | None = None
     error_status: int = 500
+    token_ids: list[int] = field(default_factory=list)  # the answer's tokens this update adds
+    prompt_token_ids: list[int] | None = None  # with the answer's first update that holds text (or its last)
 
 
 def unknown_model(names: list[str]) -> UserError:
@@ -121,11 +123,15 @@ class AnswerStream:
             with backend.use(model, loading) as chat_model:
                 emit(AnswerUpdate(status=backend.status(model)))
                 answer = chat_model.chat(turns, system, settings, cancel=cancel, progress=stage)
-                text = ""
+                text, sent = "", 0
                 for delta in answer:
-                    text += delta
-                    emit(AnswerUpdate(text=text, tokens=len(answer.token_ids)))
-                emit(AnswerUpdate(text=text, tokens=len(answer.token_ids), stats=answer_stats(model, answer)))
+                    first, text, ids = not text, text + delta, answer.token_ids
+                    emit(AnswerUpdate(text=text, tokens=len(ids), token_ids=ids[sent:],
+                                      prompt_token_ids=list(answer.prompt_token_ids) if first else None))
+                    sent = len(ids)
+                emit(AnswerUpdate(text=text, tokens=len(answer.token_ids), token_ids=answer.token_ids[sent:],
+                                  prompt_token_ids=None if text else list(answer.prompt_token_ids),
+                                  stats=answer_stats(model, answer)))
 
         try:
             yield from on_own_thread(work)

@@ -41,6 +41,10 @@ EVAL_LIMITS = Limits(max_upload_mb=2048, max_image_pixels=170_000_000, max_image
                      max_prompt_chars=32_000, context_tokens=32_768)
 # Clients that may wait for each answer slot (--concurrency); beyond that a new one is told the app is busy.
 QUEUED_PER_ANSWER_SLOT = 20
+# Stop strings one request to the OpenAI-compatible API may give (OpenAI's own limit), and their
+# length: each answer's update is checked for the start of each one.
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 200
 
 
 class SettingsError(UserError):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -28,6 +31,9 @@ IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 IMAGE_KINDS = "a JPEG, PNG, GIF, WebP, BMP, TIFF or AVIF image"
 # Demuxers for ordinary video files; playlists (hls, concat) could make FFmpeg read other files.
 VIDEO_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "gif"}
+# A video whose frames a client sampled (OpenAI-compatible servers' frame lists): see write_frames.
+FRAMES_SUFFIX = ".frames.zip"
+TIMES = "timestamps.json"
 # Sampled frames further apart than x264's default keyframe interval are reached by seeking;
 # closer ones by decoding straight through, which then costs no more.
 SEEK_GAP_FRAMES = 250
@@ -64,28 +70,30 @@ def _check_file(path: Path, limits: Limits) -> None:
 def _open_lazy(path: Path, limits: Limits) -> Image.Image:
     """Opens the header only, after checking the file, and checks the size before any decoding."""
     _check_file(path, limits)
+    return _open_header(path, path.name, limits)
+
+
+def _open_header(source: Path | BinaryIO, name: str, limits: Limits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Pillow warns above its own pixel limit; ours (checked below) is the one that counts.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=IMAGE_FORMATS)
+            img = Image.open(source, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError:
         raise MediaError(
-            f"{path.name} is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
+            f"{name} is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
             f"the limit is {limits.max_image_pixels / 1e6:.0f}.", 413
         ) from None
     except Exception:  # Pillow raises many types for foreign or damaged headers
-        raise MediaError(f"{path.name} is not an image this app can open; send {IMAGE_KINDS}.") from None
+        raise MediaError(f"{name} is not an image this app can open; send {IMAGE_KINDS}.") from None
     width, height = img.size
     if max(width, height) > limits.max_image_side:
         img.close()
-        raise MediaError(f"{path.name} is {width}x{height} pixels; the longest side may be {limits.max_image_side}.",
-                         413)
+        raise MediaError(f"{name} is {width}x{height} pixels; the longest side may be {limits.max_image_side}.", 413)
     if width * height > limits.max_image_pixels:
         img.close()
         raise MediaError(
-            f"{path.name} is {width * height / 1e6:.0f} megapixels; the limit is {limits.max_image_pixels / 1e6:.0f}.",
-            413)
+            f"{name} is {width * height / 1e6:.0f} megapixels; the limit is {limits.max_image_pixels / 1e6:.0f}.", 413)
     return img
 
 
@@ -197,6 +205,8 @@ def sample_video(path: str | Path, num_frames: int, limits: Limits = LIMITS,
         raise ValueError("num_frames must be at least 1")
     path = Path(path)
     _check_file(path, limits)
+    if path.name.endswith(FRAMES_SUFFIX):
+        return _sampled_clip(path, num_frames, limits, frame_size)
     n = min(num_frames, limits.max_video_frames)
     with _open_video(path) as container:
         stream = container.streams.video[0]
@@ -233,6 +243,45 @@ def sample_video(path: str | Path, num_frames: int, limits: Limits = LIMITS,
         fps=float(rate),
         duration=float(duration),
     )
+
+
+def write_frames(frames: list[Path], timestamps: list[float], path: Path) -> Path:
+    """A video already sampled (its frames as image files, and their times in seconds) as one file
+    that `sample_video` reads like any video: the frames as they are, with these times. `path` must end
+    with FRAMES_SUFFIX. Dates are fixed: the same frames make the same file (the engine caches by
+    content)."""
+    with zipfile.ZipFile(path, "w") as clip:
+        for i, frame in enumerate(frames):
+            clip.writestr(zipfile.ZipInfo(f"{i:03d}"), frame.read_bytes())
+        clip.writestr(zipfile.ZipInfo(TIMES), json.dumps([float(t) for t in timestamps]))
+    return path
+
+
+def _sampled_clip(path: Path, num_frames: int, limits: Limits, frame_size: tuple[int, int] | None) -> VideoClip:
+    """The frames of a `write_frames` file, each checked as an image is (all of them when
+    `num_frames` is at least their number, else evenly sampled)."""
+    try:
+        with zipfile.ZipFile(path) as clip:
+            names = sorted(info.filename for info in clip.infolist() if info.filename != TIMES)
+            if len(names) > limits.max_video_frames:
+                raise MediaError(f"{path.name} has {len(names)} frames; the limit is {limits.max_video_frames}.", 413)
+            times = json.loads(clip.read(TIMES)) if clip.getinfo(TIMES).file_size < 1 << 16 else None
+            if not names or not isinstance(times, list) or len(times) != len(names):
+                raise MediaError(f"{path.name} is not a video PyAV can read.")
+            picked = range(len(names)) if num_frames >= len(names) else sample_indices(len(names), num_frames)
+            frames = [_clip_image(clip, names[i], f"Frame {i + 1} of {path.name}", limits) for i in picked]
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        raise MediaError(f"{path.name} is not a video PyAV can read.") from None
+    frames = [_upright(frame, 0, frame_size) for frame in frames]
+    stamps = [float(times[i]) for i in picked]
+    return VideoClip(frames=frames, timestamps=stamps, fps=0.0, duration=max(stamps))
+
+
+def _clip_image(clip: zipfile.ZipFile, member: str, name: str, limits: Limits) -> Image.Image:
+    if clip.getinfo(member).file_size > limits.max_upload_mb * 1024 * 1024:
+        raise MediaError(f"{name} is over {limits.max_upload_mb} MB.", 413)
+    with _open_header(io.BytesIO(clip.read(member)), name, limits) as img:
+        return _decoded(img, name, None)
 
 
 def _open_video(path: Path) -> av.container.InputContainer:

@@ -170,6 +170,7 @@ def build_app(menu: Backend, limits: Limits = LIMITS, gpu: Callable | None = Non
                        delete_cache=delete_cache) as demo:
         # gradio deletes the files of this set on delete_cache's schedule and when it shuts down
         demo.temp_file_sets.append(files.generated)
+        demo.answers = answers  # the OpenAI-compatible API's answers stream through it too (openai_api)
         with gr.Row(equal_height=False, elem_id="main"):
             with gr.Column(scale=3, min_width=300, elem_id="chat-column"):
                 chat_parts = chat_column(app.models, examples, attachments.label([], 0), limits)

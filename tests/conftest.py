@@ -86,15 +86,15 @@ class Recorder:
 
 
 @contextmanager
-def launched_app(checkpoint: Path, mcp: bool = False):
+def launched_app(checkpoint: Path, mcp: bool = False, flags: tuple[str, ...] = ()):
     """`app.py`'s own app on a free loopback port, launched in this process so tests can look at
     its engine: url, engine (already loaded), recorder, the Blocks and the model's name. `mcp`:
-    with `--mcp` (gradio's MCP server at /gradio_api/mcp/)."""
+    with `--mcp` (gradio's MCP server at /gradio_api/mcp/); `flags`: more of app.py's flags."""
     sys.path.insert(0, str(ROOT))
     import app
 
     port = free_port()
-    flags = ["--model", str(checkpoint), "--port", str(port), *(["--mcp"] if mcp else [])]
+    flags = ["--model", str(checkpoint), "--port", str(port), *(["--mcp"] if mcp else []), *flags]
     demo, menu, launch = app.build(app.parse_args(flags))
     engine = menu.model(menu.names[0])
     engine.load()

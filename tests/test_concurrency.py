@@ -60,8 +60,9 @@ def test_concurrency_is_one_queue_for_everything_that_runs_the_model(tiny_checkp
     import app
 
     demo, _, _ = app.build(app.parse_args(["--model", str(tiny_checkpoint), "--concurrency", "3"]))
-    model_runs = [fn for fn in demo.fns.values() if fn.name in ("respond", "chat")]
-    assert len(model_runs) == 4  # Send, Retry, a clicked example and the chat endpoint
+    model_runs = [fn for fn in demo.fns.values() if fn.name in ("respond", "chat", "answer")]
+    # Send, a clicked example, Retry (the button, the chat's), an edit, Continue, the chat endpoint, /v1's answers
+    assert len(model_runs) == 8
     assert all(fn.concurrency_id == ANSWERS and fn.concurrency_limit == 3 for fn in model_runs)
 
 

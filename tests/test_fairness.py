@@ -1,6 +1,7 @@
 """Fairness over HTTP on the real app (tiny checkpoint, --concurrency 1): one answer at a time per
 client, and nothing decoded for a client that has gone, whether it cancelled (even before its job
-had an id), closed its stream, or left while its job was still queued. A bounded queue says so."""
+had an id), closed its stream, or left while its job was still queued. A bounded queue says so.
+The same over the OpenAI-compatible API, whose answers take the page's slots in the same queue."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import sys
 import time
 
 import httpx
+import openai
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import ValidationError
 
 from eagle_demo.config import LIMITS, QUEUED_PER_ANSWER_SLOT
+from eagle_demo.openai_api import CLIENT_BUSY, QUEUE_FULL
 from eagle_demo.request_guard import BUSY, ENDING_GRACE_S
 from tests.conftest import ASSETS
 
@@ -176,3 +179,107 @@ def test_the_page_is_told_in_words_it_can_toast(app_server):
     assert first.status_code == 200
     assert second.status_code == 422 and second.json() == {"detail": BUSY}
     httpx.post(app_server.url + "gradio_api/reset", json={"event_id": first.json()["event_id"]}, timeout=10)
+
+
+# ------------------------------------------------------------------ the OpenAI-compatible API (/v1)
+def v1(app_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=app_server.url + "v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def v1_story(api, app_server, max_tokens: int = 4096):
+    """A /v1 answer that streams until it is closed (greedy on the tiny checkpoint: no end token)."""
+    return api.chat.completions.create(model=app_server.model, messages=[{"role": "user", "content": STORY}],
+                                       temperature=0, max_tokens=max_tokens, stream=True)
+
+
+def v1_hi(api, app_server):
+    return api.chat.completions.create(model=app_server.model, messages=[{"role": "user", "content": "Hi"}],
+                                       temperature=0, max_tokens=4)
+
+
+def started(recorder, seen: int, timeout: float = 30.0):
+    end = time.monotonic() + timeout
+    while len(recorder.generations) <= seen and time.monotonic() < end:
+        time.sleep(0.01)
+    return recorder.generations[seen]
+
+
+def test_v1_and_the_page_take_the_same_answer_slots(app_server):
+    """With --concurrency 1, a /v1 answer and a page answer never run at once: each waits in gradio's
+    one queue for the other. A /v1 answer's slot is freed once its decode has ended; a page answer's
+    Stop frees its slot at once (gradio's cancel), and its decode ends at the token it is on, before
+    the next one starts (as test_concurrency checks for two page answers)."""
+    recorder, api, page = app_server.recorder, v1(app_server), connect(app_server)
+    seen = len(recorder.generations)
+    stream = v1_story(api, app_server)
+    next(iter(stream))
+    job = page.submit("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")
+    end = time.monotonic() + 30
+    while job.status().code.name != "IN_QUEUE" and time.monotonic() < end:
+        time.sleep(0.01)
+    assert job.status().code.name == "IN_QUEUE" and len(recorder.generations) == seen + 1
+    stream.close()
+    assert job.result(timeout=60) is not None
+    v1_answer, page_answer = recorder.generations[seen:seen + 2]
+    assert recorder.asked_at[seen + 1] >= v1_answer.timings["run_end"]
+
+    long_job = page.submit(STORY, **LONG)
+    streaming(long_job)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(v1_hi, api, app_server)
+        time.sleep(1.0)
+        assert not waiting.done() and len(recorder.generations) == seen + 3  # queued behind the page's answer
+        long_job.cancel()
+        assert waiting.result(timeout=60).choices[0].finish_reason == "length"
+    assert recorder.generations[seen + 3].timings["run_start"] >= recorder.generations[seen + 2].timings["run_end"]
+    page.close()
+
+
+def test_v1_allows_one_answer_at_a_time_per_client(app_server):
+    api, page = v1(app_server), connect(app_server)
+    stream = v1_story(api, app_server)
+    next(iter(stream))
+    with pytest.raises(openai.RateLimitError) as refused:
+        v1_hi(api, app_server)
+    assert refused.value.status_code == 429 and refused.value.body["message"] == CLIENT_BUSY
+    assert page.predict("Hi", temperature=0, max_tiles=1, max_new_tokens=4, api_name="/chat")  # queued, not refused
+    stream.close()
+    for _ in range(4):  # back to back: the previous answer's end never refuses the next
+        assert v1_hi(api, app_server).choices[0].finish_reason == "length"
+    page.close()
+
+
+def test_a_v1_client_that_leaves_the_queue_is_never_answered(app_server):
+    recorder, api, page = app_server.recorder, v1(app_server), connect(app_server)
+    seen = len(recorder.generations)
+    long_job = page.submit(STORY, **LONG)
+    streaming(long_job)
+    leaving = v1_story(api, app_server)  # queued behind the page's answer (the headers come at once)
+    time.sleep(0.5)
+    leaving.close()
+    time.sleep(0.5)
+    long_job.cancel()
+    ran = settle(recorder, seen)
+    assert len(ran) == 1 and ran[0].finish_reason == "cancelled"  # the /v1 request never reached the engine
+    assert v1_hi(api, app_server)
+    page.close()
+
+
+def test_a_full_queue_refuses_v1_politely(app_server):
+    info = httpx.get(app_server.url + "config").json()
+    fn_index = next(d["id"] for d in info["dependencies"] if d.get("api_name") == "chat")
+    data = [STORY, None, None, [], "sys", 1, 4, 0, 1.0, 4096, 1.0, 0, 0, None, None]
+    joined = []
+    for i in range(QUEUED_PER_ANSWER_SLOT + 1):
+        reply = httpx.post(app_server.url + "gradio_api/queue/join",
+                           json={"data": data, "fn_index": fn_index, "session_hash": f"full-{i}"}, timeout=10)
+        if reply.status_code == 200:
+            joined.append(reply.json()["event_id"])
+    api = v1(app_server)
+    with pytest.raises(openai.APIStatusError) as refused:
+        v1_hi(api, app_server)
+    assert refused.value.status_code == 503 and refused.value.body["message"] == QUEUE_FULL
+    for event_id in reversed(joined):
+        httpx.post(app_server.url + "gradio_api/reset", json={"event_id": event_id}, timeout=10)
+    settle(app_server.recorder, len(app_server.recorder.generations))
+    assert v1_hi(api, app_server).choices[0].finish_reason == "length"

@@ -1,7 +1,8 @@
 """Hostile values over HTTP against the real app on a tiny checkpoint: settings that gradio's own
 checks let through (NaN, tiny floats, huge ints, booleans), lone surrogates, images whose metadata
 is malformed, an export past the chat's limits, and the server's paths kept private. Each is
-answered or refused with a message that names what to change, never with internal text."""
+answered or refused with a message that names what to change, never with internal text. The same
+over the OpenAI-compatible API (/v1), whose refusals are OpenAI error objects."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import re
 
 import httpx
+import openai
 import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
@@ -128,3 +130,91 @@ def test_export_holds_to_the_chats_limits(client):
     assert "too long to export" in str(caught.value)
     ok = client.predict([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], api_name="/export")
     assert json.loads(open(ok, encoding="utf-8").read())["model"] == "tiny-eagle2"
+
+
+# ------------------------------------------------------------------ the OpenAI-compatible API (/v1)
+def v1_raw(url: str, body: str) -> httpx.Response:
+    """POST `body` as written (NaN and lone-surrogate escapes included) to /v1/chat/completions."""
+    return httpx.post(url + "v1/chat/completions", content=body, headers={"content-type": "application/json"},
+                      timeout=60)
+
+
+def v1_refusal(reply: httpx.Response, status: int = 400) -> dict:
+    error = reply.json()["error"]
+    assert reply.status_code == status and set(error) == {"message", "type", "param", "code"}, reply.text
+    assert not INTERNAL.search(error["message"]), error
+    return error
+
+
+HI = '"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2'
+
+
+@pytest.mark.parametrize(("fields", "message", "param"), [
+    ('"temperature": NaN', "Temperature must be a number from 0.0 to 1.5.", "temperature"),
+    ('"top_p": Infinity', "Top-p must be a number from 0.05 to 1.0.", "top_p"),
+    ('"temperature": 1e-40', "Temperature must be 0 (greedy) or at least 0.01.", "temperature"),
+    ('"top_k": 1e-40', "Top-k must be a whole number from 0 to 200.", "top_k"),
+    (f'"seed": {2**70}', "Seed must be a whole number from 0 to 9,223,372,036,854,775,807.", "seed"),
+    ('"max_tokens": true', "Max new tokens must be a whole number from 1 to 4,096.", "max_tokens"),
+    ('"repetition_penalty": "1.2"', "Repetition penalty must be a number from 1.0 to 2.0.", "repetition_penalty"),
+    ('"mm_processor_kwargs": {"max_dynamic_patch": 99}', "Max tiles per image must be a whole number from 1 to 24.",
+     "mm_processor_kwargs.max_dynamic_patch"),
+    ('"stop": [""]', "stop must be a string or a list of up to 4 strings, each of 1 to 200 characters.", "stop"),
+    (f'"stop": "{"x" * 201}"', "stop must be a string or a list of up to 4 strings, each of 1 to 200 characters.",
+     "stop"),
+    ('"stream": "yes"', "stream must be true or false.", "stream"),
+])
+def test_v1_settings_past_json_are_refused_by_name(app_server, fields, message, param):
+    error = v1_refusal(v1_raw(app_server.url, "{" + HI + ", " + fields + "}"))
+    assert error["message"] == message and error["param"] == param
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('{"messages": [{"role": "user", "content": "Hi \\ud800 there"}]}',
+     "The message contains characters that are not valid text"),
+    ('{"messages": [{"role": "system", "content": "\\udfff"}, {"role": "user", "content": "Hi"}]}',
+     "The system prompt contains characters that are not valid text"),
+    ('{"messages": [{"role": "user", "content": 42}]}', "messages[0].content must be a string or a list of parts."),
+    ('{"messages": [{"role": "user", "content": [{"type": "text", "text": 42}]}]}',
+     "The text parts of messages[0] must be text."),
+    ('{"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}',
+     "messages[0].content[0] must be a text, image_url or video_url part."),
+    ('{"messages": "Hi"}', 'messages must be a list of {"role", "content"} messages.'),
+    ('[1, 2]', "The request must be a JSON object in OpenAI's chat completion format."),
+    ('{"messages": [', "The request body must be JSON in OpenAI's chat completion format."),
+])
+def test_v1_malformed_requests_say_what_to_change(app_server, body, message):
+    assert message in v1_refusal(v1_raw(app_server.url, body))["message"]
+
+
+def test_v1_a_file_that_fails_as_the_answer_reads_it_keeps_its_status(app_server, tmp_path):
+    """A damaged image passes the header check but not the decode: refused as the page refuses it."""
+    import base64
+
+    path = make_image(tmp_path / "cut.png", (320, 240))
+    data = path.read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(data[:len(data) // 2]).decode()
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                      {"type": "text", "text": "What?"}]}], "max_tokens": 2}
+    error = v1_refusal(httpx.post(app_server.url + "v1/chat/completions", json=body, timeout=60))
+    assert error["message"] == "image1.png is truncated or corrupt."
+    with httpx.stream("POST", app_server.url + "v1/chat/completions", json={**body, "stream": True},
+                      timeout=60) as events:
+        lines = [line for line in events.iter_lines() if line.startswith("data: ")]
+    assert json.loads(lines[0][6:])["error"]["message"] == "image1.png is truncated or corrupt."
+    assert lines[-1] == "data: [DONE]"
+    api = openai.OpenAI(base_url=app_server.url + "v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.APIError) as caught:  # how the openai client tells it
+        list(api.chat.completions.create(model=app_server.model, stream=True, **body))
+    assert caught.value.message == "image1.png is truncated or corrupt."
+
+
+def test_v1_an_image_with_malformed_metadata_still_opens(app_server, tmp_path):
+    import base64
+
+    path = make_image(tmp_path / "exif.jpg", (320, 240), exif=b"Exif\x00\x00\x00\x01\x02\x03")
+    url = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+            "max_tokens": 2, "mm_processor_kwargs": {"max_dynamic_patch": 1}}
+    reply = httpx.post(app_server.url + "v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1

@@ -4,6 +4,7 @@ what the app logs."""
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import importlib.metadata
 import logging
@@ -226,6 +227,23 @@ def _ask_with_marker(url: str, marker: str, folder: Path) -> None:
     with pytest.raises(AppError):
         client.predict(f"{marker} " * 3000, **QUICK, api_name="/chat")
     client.close()
+    # the same through /v1: an answer, then requests it refuses
+    v1, quick = url + "v1/chat/completions", {"max_tokens": 4, "mm_processor_kwargs": {"max_dynamic_patch": 1}}
+
+    def user(text: str, path: Path) -> list[dict]:
+        url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": text}]}]
+
+    ok = httpx.post(v1, json={"messages": [{"role": "system", "content": f"You are {marker}."},
+                                           *user(f"Describe {marker}", image)], **quick}, timeout=60)
+    assert ok.status_code == 200, ok.text
+    for refused in ({"messages": user(f"Read {marker}", broken)},
+                    {"messages": [{"role": "user", "content": f"{marker} " * 3000}]},
+                    {"messages": [{"role": marker, "content": "Hi"}]},
+                    {"messages": user("Hi", image), "temperature": marker},
+                    {"messages": user("Hi", image), marker: True, f"x{marker}": 1, "user": marker}):
+        assert httpx.post(v1, json={**quick, **refused}, timeout=60).status_code in (200, 400, 413)
 
 
 def test_no_user_content_in_the_output_of_python_app_py(served_app, tmp_path):

@@ -1,6 +1,7 @@
 """The app on ZeroGPU, emulated: `app.py` runs with tests/zerogpu/spaces (the contract of
 `spaces.GPU`: a forked worker kept warm, pickled arguments and yields, errors carried back, a
-cancel that stops the worker at its next yield) and is driven over HTTP with gradio_client."""
+cancel that stops the worker at its next yield) and is driven over HTTP with gradio_client and the
+openai client (/v1)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import pickle
 import time
 
+import openai
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -36,7 +38,7 @@ def zero_gpu_app(tiny_checkpoint, tmp_path_factory):
 
 
 def calls(log) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def ui_chat(client, model, history, max_new_tokens=16, **settings):
@@ -105,6 +107,29 @@ def test_stop_ends_the_answer_in_the_worker_and_retry_answers_again(zero_gpu_app
     retried = stream(ui_chat(client, model, history[:-1]))[-1][0]  # Retry: the same question again
     assert retried[-1]["role"] == "assistant" and retried[-1]["content"][0] == history[-1]["content"][0]  # greedy
     print(f"two answers after a stop: {time.monotonic() - started:.2f} s")
+
+
+def test_v1_answers_inside_the_lease_charged_to_its_caller(zero_gpu_app):
+    """/v1 answers run in the page's GPU function (the same warm worker), inside a gradio event whose
+    request spaces charges (its X-IP-Token); a second turn reuses the first's caches there."""
+    client, log, model = zero_gpu_app
+    api = openai.OpenAI(base_url=client.src.rstrip("/") + "/v1", api_key="unused", max_retries=0, timeout=120,
+                        default_headers={"X-IP-Token": "visitor-7"})
+    image = "data:image/jpeg;base64," + base64.b64encode((ASSETS / "scene.jpg").read_bytes()).decode()
+    first = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                          {"type": "text", "text": "What is in this picture?"}]}]
+    settings = dict(temperature=0, top_p=1, max_tokens=16, extra_body={"mm_processor_kwargs": {"max_dynamic_patch": 2}})
+    before = len(answered(log, 0))
+    chunks = list(api.chat.completions.create(model=model, messages=first, stream=True, **settings))
+    answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    follow = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And the colours?"}]
+    assert api.chat.completions.create(model=model, messages=follow, **settings).choices[0].message.content
+    ends = answered(log, before + 2)
+    assert pickle.loads(base64.b64decode(ends[-1]["last"])).stats["reused_tokens"] > 256
+    v1_calls = [c for c in calls(log) if c["event"] == "call"][-2:]
+    assert all(c["request"] and c["ip_token"] == "visitor-7" for c in v1_calls)
+    forks = [c for c in calls(log) if c["event"] == "fork"]
+    assert len(forks) == 1 and {c["pid"] for c in ends} == {forks[0]["pid"]}
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")

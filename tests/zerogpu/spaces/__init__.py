@@ -10,6 +10,8 @@ It keeps the contract of `spaces.GPU` on a generator function as spaces 0.51.3 i
 - closing the caller's generator sets a stop event, and the worker closes the task's generator
   after its next yield; the worker is idle again once the task has ended;
 - `duration` (seconds, or a function of the call's arguments) is evaluated in the caller;
+- the caller's gradio request (`LocalContext.request`: spaces charges the call to the quota of the
+  visitor its X-IP-Token header names; there is none outside a gradio event) is logged with each call;
 - without SPACES_ZERO_GPU in the environment, `GPU` returns the function as it is.
 
 Each call is logged as JSON lines to $ZEROGPU_EMULATION_LOG (worker pid, duration, how it ended,
@@ -30,6 +32,7 @@ import traceback
 from functools import partial, wraps
 
 import gradio as gr
+from gradio.context import LocalContext
 
 _fork = multiprocessing.get_context("fork")
 _forked = False  # True in a worker: a decorated function called there runs directly
@@ -99,7 +102,9 @@ def _generator_wrapper(task, duration):
         if worker is None:
             worker = _Worker(task)
             _log(event="fork", pid=worker.process.pid)
-        _log(event="call", pid=worker.process.pid, duration=seconds)
+        request = LocalContext.request.get(None)  # spaces charges the call to its X-IP-Token header's visitor
+        _log(event="call", pid=worker.process.pid, duration=seconds, request=request is not None,
+             ip_token=None if request is None else request.headers.get("x-ip-token"))
         worker.args.put((args, kwargs))  # pickled here: an unpicklable argument fails the call
 
         received: queue.Queue = queue.Queue()
