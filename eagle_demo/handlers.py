@@ -363,7 +363,7 @@ class ChatHandlers:
                     text += delta
                     emit(AnswerUpdate(text=text))
                 emit(AnswerUpdate(text=text, stats={
-                    "model": model, "tokens": len(generation.token_ids),
+                    "model": model, "weights": getattr(engine, "weights", None), "tokens": len(generation.token_ids),
                     "ttft_s": generation.timings.get("ttft_s"),
                     "tokens_per_s": generation.timings.get("decode_tokens_per_s"),
                     "image_tiles": sum(generation.num_tiles) - generation.num_frames,

@@ -53,13 +53,16 @@ def unpack(words: torch.Tensor, cols: int) -> torch.Tensor:
 
 def quantize_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric round-to-nearest: (q int8 [out, in] in -8..7, scale [out, in / group_size]).
-    A group's scale maps its largest magnitude to 7.5, as compressed-tensors' min-max observer does."""
+    A group's scale maps its largest magnitude to 7.5, as compressed-tensors' min-max observer does
+    (rounded up to bfloat16: to 7.5 at most, so no value is more than half a step off)."""
     out, width = weight.shape
     if width % group_size:
         raise ValueError(f"a group size of {group_size} does not divide the {width} inputs of a layer")
     groups = weight.float().reshape(out, width // group_size, group_size)
-    top = groups.abs().amax(-1) / (OFFSET - 0.5)
-    scale = top.clamp(min=torch.finfo(SCALE_DTYPE).tiny).to(SCALE_DTYPE)
+    top = (groups.abs().amax(-1) / (OFFSET - 0.5)).clamp(min=torch.finfo(SCALE_DTYPE).tiny)
+    scale = top.to(SCALE_DTYPE)
+    # the next bfloat16 up where rounding went down (a positive float's bits grow with its value)
+    scale = torch.where(scale.float() < top, (scale.view(torch.int16) + 1).view(SCALE_DTYPE), scale)
     q = torch.round(groups / scale.float().unsqueeze(-1)).clamp(-OFFSET, OFFSET - 1)
     return q.to(torch.int8).reshape(out, width), scale
 
