@@ -201,6 +201,15 @@ def _config_dict(layout: str, mob: bool, ids: dict[str, int], size: str) -> dict
     }
 
 
+def true_size_shapes(size: str, layout: str = "eagle_2_5_vl", mob: bool = False) -> dict[str, torch.Size]:
+    """Checkpoint key -> shape of what `write_tiny_checkpoint` writes at a true size (1B, 2B, 9B: the real
+    vocabulary, whatever the tokenizer), without writing it."""
+    if size in ("tiny", "small"):
+        raise ValueError("the tiny and small sizes' vocabulary follows their tokenizer: write them instead")
+    ids = {"<|endoftext|>": 0, "<|im_end|>": 1, "<IMG_CONTEXT>": 2}
+    return _weight_shapes(Eagle2Config.from_dict(_config_dict(layout, mob, ids, size)))
+
+
 def _weight_shapes(config: Eagle2Config) -> dict[str, torch.Size]:
     """Checkpoint key -> shape, in the order the weights are made (the model keys' sorted order)."""
     with torch.device("meta"):
