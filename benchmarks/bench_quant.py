@@ -116,7 +116,7 @@ def speed(engines: dict[str, Engine], reference: Engine, message: Message, args)
     for engine in engines.values():  # warm-up
         engine_run(engine, message, 4)
     generate_baseline(reference, last, 2)
-    rates = {name: [] for name in SPEED}
+    rates, prefill = {name: [] for name in SPEED}, {name: [] for name in SPEED[1:]}
     for _ in range(args.repeats):
         for name in SPEED:
             if name == "generate":
@@ -124,10 +124,12 @@ def speed(engines: dict[str, Engine], reference: Engine, message: Message, args)
             else:
                 run = engine_run(engines[name], message, args.new_tokens)["gen"]
                 rates[name].append(run.timings["decode_tokens_per_s"])
+                prefill[name].append(run.timings["prefill_s"])
                 last = run if name == "float32" else last
             emit(stage=name, tokens_per_s=round(rates[name][-1], 1))
     medians = {name: statistics.median(values) for name, values in rates.items()}
     return {"tokens_per_s": {name: spread(values, 1) for name, values in rates.items()},
+            "prefill_s": {name: spread(values, 1) for name, values in prefill.items()},
             "ratio_to_generate": {name: round(medians[name] / medians["generate"], 2) for name in SPEED[1:]},
             "ratio_to_float32": {name: round(medians[name] / medians["float32"], 2) for name in SPEED[2:]}}
 
@@ -199,18 +201,19 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quality-tokens", type=int, default=32, help="greedy tokens compared per prompt")
+    p.add_argument("--group-size", type=int, default=128, help="the exports' group size")
     p.add_argument("--skip-awq", action="store_true", help="no AWQ export (its calibration takes minutes)")
     args = p.parse_args()
     torch.manual_seed(0)
     start = time.perf_counter()
     path = checkpoint(args.size)
     out = Path(tempfile.mkdtemp(prefix="eagle2-quant-"))
-    rtn = quantize_checkpoint(path, out / "rtn", show_progress=False)
+    rtn = quantize_checkpoint(path, out / "rtn", group_size=args.group_size, show_progress=False)
     emit(stage="rtn export", seconds=round(time.perf_counter() - start, 1))
     awq = None
     if not args.skip_awq:
         start = time.perf_counter()
-        awq = quantize_checkpoint(path, out / "awq", method="awq", show_progress=False)
+        awq = quantize_checkpoint(path, out / "awq", method="awq", group_size=args.group_size, show_progress=False)
         emit(stage="awq export", seconds=round(time.perf_counter() - start, 1))
     disk = {name: round(disk_bytes(folder) / 1e9, 3) for name, folder in
             (("bf16", path), ("int4 rtn", rtn), ("int4 awq", awq)) if folder}

@@ -212,3 +212,27 @@ def test_awq_export_folds_its_scales_and_stays_close_to_float(exported, tmp_path
     assert torch.equal(before["language_model.model.norm.weight"], after["language_model.model.norm.weight"])
     expected, got = text_logits(load_eagle2(original), PROMPT), text_logits(load_eagle2(awq), PROMPT)
     assert (got - expected).abs().max() <= 0.1 * expected.abs().max()
+
+
+def test_asymmetric_layers_packed_by_compressed_tensors_load_with_their_zero_points():
+    """Other tools' W4A16 exports may be asymmetric: a layer compressed by the library itself (its
+    zero points packed along the outputs) computes the weights the library decompresses."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = QuantizationArgs(num_bits=4, symmetric=False, strategy="group", group_size=GROUP)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    weight = (torch.randn(64, 96, generator=torch.Generator().manual_seed(1)) * 0.02 + 0.01).to(torch.bfloat16)
+    groups = weight.reshape(64, -1, GROUP)
+    scale, zero = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
+    packed = PackedQuantizationCompressor.compress({"weight": weight, "weight_scale": scale,
+                                                    "weight_zero_point": zero}, scheme)
+    expected = PackedQuantizationCompressor.decompress(packed, scheme)["weight"].float()
+    layer = Int4Linear(96, 64, GROUP, bias=False, symmetric=False)
+    layer.load_state_dict(packed, assign=True)
+    x = torch.randn(3, 96)
+    tolerance = dict(rtol=0.02, atol=0.02 * expected.abs().max().item())
+    torch.testing.assert_close(layer(x), x @ expected.t(), **tolerance)  # no kernel yet: the dequantised weight
+    torch.testing.assert_close(layer.prepare()(x), x @ expected.t(), **tolerance)  # PyTorch's CPU int4 kernel
+    assert layer.kernel == "cpu"

@@ -163,14 +163,12 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.kernel == "cuda":
-            y = torch.ops.aten._weight_int4pack_mm(flat.to(torch.bfloat16), self.packed, self.group_size,
-                                                   self.scales_and_zeros)
-        elif self.kernel == "cpu":
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), self.packed, self.group_size,
-                                                           self.scales_and_zeros)
-        else:
+        if self.kernel is None:
             y = F.linear(flat, dequantize(*self.values(), dtype=x.dtype))
+        else:
+            matmul = (torch.ops.aten._weight_int4pack_mm if self.kernel == "cuda"
+                      else torch.ops.aten._weight_int4pack_mm_for_cpu)
+            y = matmul(flat.to(torch.bfloat16).contiguous(), self.packed, self.group_size, self.scales_and_zeros)
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
