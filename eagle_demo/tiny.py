@@ -14,6 +14,7 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -123,8 +124,8 @@ def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob
 
 
 def _save_weights(shapes: dict[str, torch.Size], seed: int, out: Path, shards: int) -> None:
-    """model.safetensors, or `shards` files of consecutive keys and the index that maps each key to
-    its file; each file's weights made just before it is written."""
+    """model.safetensors, or `shards` files of consecutive keys of about equal bytes, and the index that
+    maps each key to its file; each file's weights made just before it is written."""
     keys = list(shapes)
     if not 1 <= shards <= len(keys):
         raise ValueError(f"shards must be between 1 and the {len(keys)} tensors, not {shards}")
@@ -132,10 +133,16 @@ def _save_weights(shapes: dict[str, torch.Size], seed: int, out: Path, shards: i
     if shards == 1:
         save_file(dict(weights), out / "model.safetensors", metadata={"format": "pt"})
         return
+    sizes = [math.prod(shapes[key]) for key in keys]
+    starts = [0, *accumulate(sizes)][:-1]  # each key goes to the shard its first byte falls in
+    counts = [sum(1 for start in starts if k * sum(sizes) <= start * shards < (k + 1) * sum(sizes))
+              for k in range(shards)]
+    if 0 in counts:
+        raise ValueError(f"{shards} shards leave one of them empty: ask for fewer")
     weight_map, total_size = {}, 0
-    for k in range(shards):
+    for k, count in enumerate(counts):
         name = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        part = dict(next(weights) for _ in range(k * len(keys) // shards, (k + 1) * len(keys) // shards))
+        part = dict(next(weights) for _ in range(count))
         save_file(part, out / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(part, name))
         total_size += sum(t.nbytes for t in part.values())

@@ -19,6 +19,7 @@ else (an older GPU, a shape a kernel does not take) multiplies by the dequantise
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,6 @@ from torch import nn
 BITS = 4
 PER_WORD = 32 // BITS
 OFFSET = 1 << (BITS - 1)  # q + 8 is what a word stores
-SHIFTS = torch.arange(PER_WORD) * BITS
 # Scales are stored in bfloat16, the dtype every int4 kernel takes them in: rounded before the
 # weights are quantised against them, so the kernels see exactly the scales the values were made with.
 SCALE_DTYPE = torch.bfloat16
@@ -40,15 +40,32 @@ def pack(q: torch.Tensor) -> torch.Tensor:
     rows, cols = q.shape
     if cols % PER_WORD:
         raise ValueError(f"{cols} columns do not pack into whole 32-bit words of {PER_WORD} values")
-    nibbles = (q.to(torch.int64) + OFFSET).view(rows, cols // PER_WORD, PER_WORD)
-    words = (nibbles << SHIFTS.to(q.device)).sum(-1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # the top bit is the sign
+    nibbles = (q + OFFSET).to(torch.uint8)
+    # value k at bits 4 (k mod 8) of word k div 8 is, in a little-endian word, byte k div 2's low
+    # nibble (k even) or high nibble (k odd)
+    pairs = nibbles[:, 0::2] | (nibbles[:, 1::2] << BITS)
+    return _words_from_bytes(pairs.contiguous()).view(rows, cols // PER_WORD)
 
 
 def unpack(words: torch.Tensor, cols: int) -> torch.Tensor:
     """int32 words [rows, cols / 8] -> int8 values in -8..7 [rows, cols]."""
-    nibbles = (words.unsqueeze(-1) >> SHIFTS.to(words.device)) & (2**BITS - 1)
-    return (nibbles.flatten(1)[:, :cols] - OFFSET).to(torch.int8)
+    pairs = _bytes_from_words(words.contiguous())
+    nibbles = torch.stack((pairs & 0xF, pairs >> BITS), dim=-1).flatten(1)
+    return nibbles[:, :cols].to(torch.int8) - OFFSET
+
+
+def _words_from_bytes(pairs: torch.Tensor) -> torch.Tensor:
+    """uint8 [rows, 4n] as int32 [rows, n], byte 0 the lowest of each word whatever the host's order."""
+    if sys.byteorder == "big":
+        pairs = pairs.view(pairs.shape[0], -1, 4).flip(-1).reshape(pairs.shape[0], -1).contiguous()
+    return pairs.view(torch.int32)
+
+
+def _bytes_from_words(words: torch.Tensor) -> torch.Tensor:
+    pairs = words.view(torch.uint8)
+    if sys.byteorder == "big":
+        pairs = pairs.view(words.shape[0], -1, 4).flip(-1).reshape(words.shape[0], -1)
+    return pairs
 
 
 def quantize_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
