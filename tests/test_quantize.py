@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from eagle_demo.awq import search_scale
 from eagle_demo.config import GenerationSettings
 from eagle_demo.conversation import Message
 from eagle_demo.engine import Engine
-from eagle_demo.model import load_eagle2
+from eagle_demo.model import CheckpointError, load_eagle2
 from eagle_demo.model.loading import weight_bytes
 from eagle_demo.model.quantized import Int4Linear, Int8Linear, dequantize, pack, quantize_groups, unpack
 from eagle_demo.quantize import QUANTIZED, quantize_checkpoint
@@ -236,3 +238,13 @@ def test_asymmetric_layers_packed_by_compressed_tensors_load_with_their_zero_poi
     torch.testing.assert_close(layer(x), x @ expected.t(), **tolerance)  # no kernel yet: the dequantised weight
     torch.testing.assert_close(layer.prepare()(x), x @ expected.t(), **tolerance)  # PyTorch's CPU int4 kernel
     assert layer.kernel == "cpu"
+
+
+def test_other_quantization_schemes_are_refused_by_name(exported, tmp_path):
+    _, out = exported["eagle_2_5_vl"]
+    other = Path(shutil.copytree(out, tmp_path / "w8a16"))
+    config = json.loads((other / "config.json").read_text())
+    config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 8
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="'num_bits': 8.*is not 4-bit integer weights"):
+        load_eagle2(other)

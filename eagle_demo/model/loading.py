@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import Eagle2Config
 from .eagle2 import Eagle2Model
-from .quantized import PER_WORD, Int4Linear, quantize_language_model, read_scheme
+from .quantized import PER_WORD, Int4Linear, quantize_language_model, read_scheme, use_packed_layers
 
 # Never code: the model is implemented here, hub code is not run.
 HUB_FILES = ["*.json", "*.safetensors", "merges.txt"]
@@ -307,7 +307,11 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
             if model_key is not None:
                 names[model_key] = key
         if packed:
-            _use_packed_layers(path, model, names, *packed)
+            layers = [key.removesuffix(".weight_packed") for key in names if key.endswith(".weight_packed")]
+            try:
+                use_packed_layers(model, layers, *packed)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: {e}") from None
         params = model.state_dict()
         tie = config.text.tie_word_embeddings and LM_HEAD not in names
         _check_keys(path, params, names, stored, prefixes, skip={LM_HEAD} if tie else set())
@@ -361,23 +365,6 @@ def _check_quantize(quantize: str | None, load_in_8bit: bool, packed) -> None:
         raise ValueError("this checkpoint already holds 4-bit weights: load it without --quantize or --load-8bit")
     if quantize and load_in_8bit:
         raise ValueError("--quantize and --load-8bit are two ways to the same end: pick one")
-
-
-def _use_packed_layers(path: Path, model: nn.Module, names: dict, group_size: int | None, symmetric: bool) -> None:
-    """Replace each Linear layer whose weight the checkpoint holds packed by an Int4Linear (on the
-    meta device, as the model), whose tensors then load by name."""
-    for key in [k for k in names if k.endswith(".weight_packed")]:
-        name = key.removesuffix(".weight_packed")
-        parent_name, _, child = name.rpartition(".")
-        try:
-            linear = model.get_submodule(name)
-        except AttributeError:
-            linear = None
-        if not isinstance(linear, nn.Linear):
-            raise CheckpointError(f"{path} holds packed weights for {names[key]}, which is not a Linear layer")
-        layer = Int4Linear(linear.in_features, linear.out_features, group_size or linear.in_features,
-                           bias=linear.bias is not None, symmetric=symmetric, device="meta")
-        setattr(model.get_submodule(parent_name), child, layer)
 
 
 def _check_keys(path, params: dict, names: dict, stored: dict, prefixes: dict, skip: set) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 BITS = 4
 PER_WORD = 32 // BITS
 OFFSET = 1 << (BITS - 1)  # q + 8 is what a word stores
-# Scales are stored in bfloat16, the dtype every int4 kernel takes them in: rounded before the
+# Scales are stored in bfloat16, the dtype every int4 kernel takes them in: rounded (up) before the
 # weights are quantised against them, so the kernels see exactly the scales the values were made with.
 SCALE_DTYPE = torch.bfloat16
 GROUP_SIZES = (128, 64, 32)  # what `--quantize int4` picks from, largest first; tinygemm takes these
@@ -270,6 +270,22 @@ def read_scheme(config: dict) -> tuple[int | None, bool]:
         raise ValueError(f"its quantization_config ({fmt}, weights {weights}) is not 4-bit integer weights packed in "
                          "groups or channels with float activations (W4A16 pack-quantized), which is what loads here")
     return (weights.get("group_size") if strategy == "group" else None), bool(weights.get("symmetric", True))
+
+
+def use_packed_layers(model: nn.Module, names: list[str], group_size: int | None, symmetric: bool) -> None:
+    """Replace each named Linear layer of `model` (built on the meta device) by an Int4Linear there, whose
+    tensors then load from a packed checkpoint by name (group_size None: one scale per output)."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            linear = None
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"it holds packed weights for {name}, which is not a Linear layer of the model")
+        setattr(model.get_submodule(parent), child, Int4Linear(
+            linear.in_features, linear.out_features, group_size or linear.in_features, bias=linear.bias is not None,
+            symmetric=symmetric, device="meta"))
 
 
 def describe_weights(model: nn.Module) -> str | None:
