@@ -138,7 +138,8 @@ def int4_check(path: Path, image: str, args) -> dict:
     """benchmarks/gpu_check.py's 4-bit check, for a checkpoint `path` on args.device (CUDA, or a CPU):
     the RTN export loads with every decoder Linear layer on the device's int4 kernel; its captured decode
     equals its eager decode token for token; its first-step logits against the unquantised model's;
-    tokens/s and (CUDA) the memory its weights take, each beside the unquantised model's; and
+    tokens/s, the bytes of its tensors on the device and (CUDA) the memory the loaded engine holds
+    (KV cache included), each beside the unquantised model's; and
     `--quantize int4|int8` (with whether `_weight_int8pack_mm` runs on the device)."""
     from benchmarks.gpu_check import greedy_turn, new_engine
     from eagle_demo.model.quantized import Int4Linear, group_size_for
@@ -151,7 +152,8 @@ def int4_check(path: Path, image: str, args) -> dict:
     for name, folder in (("dense", path), ("int4", out)):
         before = _allocated(args.device)
         engine = new_engine(folder, args.device, dtype=dtype)
-        fields[f"{name}_weights_gib"] = round((_allocated(args.device) - before) / 2**30, 3)
+        fields[f"{name}_loaded_gib"] = round((_allocated(args.device) - before) / 2**30, 3)  # with the KV cache
+        fields[f"{name}_model_gib"] = round(_tensor_bytes(engine.model) / 2**30, 3)
         turns[name] = greedy_turn(engine, image, args.new_tokens)
         fields[f"{name}_tokens_per_s"] = turns[name]["fields"]["tokens_per_s"]
         turns[name]["logits"] = first_logits(engine, turns[name]["gen"].prompt).float()
@@ -175,6 +177,12 @@ def int4_check(path: Path, image: str, args) -> dict:
     return fields
 
 
+def _tensor_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers, as they lie on its device (an embedding tied to lm_head once)."""
+    tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def _allocated(device: str) -> int:
     return torch.cuda.memory_allocated(device) if device.startswith("cuda") else 0
 
@@ -187,7 +195,8 @@ def _quantized_at_load(path: Path, image: str, args, dtype: str | None, bits: st
     before = _allocated(args.device)
     engine = new_engine(path, args.device, dtype=dtype, quantize=bits)
     layers = [m for m in engine.model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
-    fields = {"layers": len(layers), "weights_gib": round((_allocated(args.device) - before) / 2**30, 3),
+    fields = {"layers": len(layers), "loaded_gib": round((_allocated(args.device) - before) / 2**30, 3),
+              "model_gib": round(_tensor_bytes(engine.model) / 2**30, 3),
               "fused_kernel": all(getattr(m, "kernel", None) or getattr(m, "fused", False) for m in layers),
               "tokens": len(greedy_turn(engine, image, 8)["gen"].token_ids)}
     engine.unload()

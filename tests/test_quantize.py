@@ -25,7 +25,15 @@ from eagle_demo.conversation import Message
 from eagle_demo.engine import Engine
 from eagle_demo.model import CheckpointError, load_eagle2
 from eagle_demo.model.loading import weight_bytes
-from eagle_demo.model.quantized import Int4Linear, Int8Linear, dequantize, pack, quantize_groups, unpack
+from eagle_demo.model.quantized import (
+    CPU_KERNEL_ROWS,
+    Int4Linear,
+    Int8Linear,
+    dequantize,
+    pack,
+    quantize_groups,
+    unpack,
+)
 from eagle_demo.quantize import QUANTIZED, quantize_checkpoint
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ASSETS, ROOT, launched_app
@@ -110,11 +118,12 @@ def test_the_export_loads_with_4bit_layers_that_compute_its_weights(exported, la
     assert all(m.kernel == "cpu" for m in int4.values())
     assert not any(isinstance(m, nn.Linear) for name, m in model.named_modules() if ".layers." in name
                    and "language_model" in name)
-    x = torch.randn(5, next(iter(int4.values())).in_features)
-    for name, layer in int4.items():
-        if layer.in_features == x.shape[1]:
-            expected = nn.functional.linear(x, restored[f"{name}.weight"], layer.bias)
-            torch.testing.assert_close(layer(x), expected, rtol=0.02, atol=0.02 * expected.abs().max().item())
+    for rows in (5, CPU_KERNEL_ROWS):  # a decode step (the int4 kernel), a prompt (the dequantised weight)
+        x = torch.randn(rows, next(iter(int4.values())).in_features)
+        for name, layer in int4.items():
+            if layer.in_features == x.shape[1]:
+                expected = nn.functional.linear(x, restored[f"{name}.weight"], layer.bias)
+                torch.testing.assert_close(layer(x), expected, rtol=0.02, atol=0.02 * expected.abs().max().item())
     dense, kept = load_eagle2(original).state_dict(), model.state_dict()
     assert all(torch.equal(kept[key], value) for key, value in dense.items() if key in kept)
     assert {key for key in dense if key not in kept} == {f"{name}.weight" for name in int4}

@@ -12,8 +12,9 @@ The weight is (q - zero_point) * scale. Exports here are symmetric (zero point 0
 kernel reads exactly.
 
 The layers compute with PyTorch's own int4 kernels, on bfloat16 activations (the "A16"): tinygemm
-(`_weight_int4pack_mm`) on CUDA GPUs from Ampere on, `_weight_int4pack_mm_for_cpu` on a CPU; anything
-else (an older GPU, a shape a kernel does not take) multiplies by the dequantised weight.
+(`_weight_int4pack_mm`) on CUDA GPUs from Ampere on, `_weight_int4pack_mm_for_cpu` on a CPU for decode
+steps; anything else (a prompt on a CPU, an older GPU, a shape a kernel does not take) multiplies by
+the dequantised weight.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ OFFSET = 1 << (BITS - 1)  # q + 8 is what a word stores
 SCALE_DTYPE = torch.bfloat16
 GROUP_SIZES = (128, 64, 32)  # what `--quantize int4` picks from, largest first; tinygemm takes these
 CPU_OUT_MULTIPLE = 16  # PyTorch's CPU int4 kernel takes weights with a multiple of 16 outputs
+# Inputs of this many rows or more (a prompt, not a decode step) multiply by the dequantised weight on a
+# CPU: float32 matrix products beat the int4 kernel's bfloat16 ones there, and the dequantising is shared
+# by all the rows. Hence a CPU layer keeps the checkpoint's packed form beside the kernel's (8 bits a weight).
+CPU_KERNEL_ROWS = 32
 
 
 def pack(q: torch.Tensor) -> torch.Tensor:
@@ -109,7 +114,7 @@ class Int4Linear(nn.Module):
 
     Built with the checkpoint's tensors as its state (`weight_packed`, `weight_scale`, `weight_shape`,
     `weight_zero_point` when asymmetric), so a packed checkpoint loads into it by name, shapes checked;
-    `prepare()` then lays the values out for the device's kernel (and drops the checkpoint's copy).
+    `prepare()` then lays the values out for the device's kernel (on CUDA, in place of the checkpoint's).
     """
 
     def __init__(self, in_features: int, out_features: int, group_size: int, bias: bool = True,
@@ -144,9 +149,6 @@ class Int4Linear(nn.Module):
 
     def values(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(q int8 [out, in], scale, zero point or None) from the checkpoint's tensors."""
-        if tuple(self.weight_shape.tolist()) != (self.out_features, self.in_features):
-            raise ValueError(f"weight_shape {self.weight_shape.tolist()} does not match the layer's "
-                             f"{[self.out_features, self.in_features]}")
         q = unpack(self.weight_packed, self.in_features)
         zero = getattr(self, "weight_zero_point", None)
         if zero is not None:
@@ -156,6 +158,9 @@ class Int4Linear(nn.Module):
     def prepare(self) -> Int4Linear:
         """Lay the weights out for the kernel of the device they are on; keep them as loaded if none
         takes them (the dequantised weight is then multiplied)."""
+        if tuple(self.weight_shape.tolist()) != (self.out_features, self.in_features):
+            raise ValueError(f"weight_shape {self.weight_shape.tolist()} does not match the layer's "
+                             f"{[self.out_features, self.in_features]}")
         device = self.weight_packed.device
         self.kernel = _kernel(device, self.out_features, self.in_features, self.group_size)
         if self.kernel is None:
@@ -171,16 +176,17 @@ class Int4Linear(nn.Module):
             packed = torch.ops.aten._convert_weight_to_int4pack(pairs.contiguous(), inner_k_tiles)
         else:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles.contiguous(), 1)
-        for name in ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point"):
-            if hasattr(self, name):
-                delattr(self, name)
+        if self.kernel == "cuda":  # a CPU keeps the checkpoint's form too, for prompts (see forward)
+            for name in ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point"):
+                if hasattr(self, name):
+                    delattr(self, name)
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("scales_and_zeros", scales_and_zeros, persistent=False)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.kernel is None:
+        if self.kernel is None or (self.kernel == "cpu" and flat.shape[0] >= CPU_KERNEL_ROWS):
             y = F.linear(flat, dequantize(*self.values(), dtype=x.dtype))
         else:
             matmul = (torch.ops.aten._weight_int4pack_mm if self.kernel == "cuda"
