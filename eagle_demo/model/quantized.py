@@ -37,7 +37,7 @@ CPU_OUT_MULTIPLE = 16  # PyTorch's CPU int4 kernel takes weights with a multiple
 # Inputs of this many rows or more (a prompt, not a decode step) multiply by the dequantised weight on a
 # CPU: float32 matrix products beat the int4 kernel's bfloat16 ones there, and the dequantising is shared
 # by all the rows. Hence a CPU layer keeps the checkpoint's packed form beside the kernel's (8 bits a weight).
-CPU_KERNEL_ROWS = 32
+CPU_KERNEL_ROWS = 128
 
 
 def pack(q: torch.Tensor) -> torch.Tensor:
@@ -93,10 +93,10 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None =
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(q - zero) * scale as a [out, in] weight; zero, like scale, per group (None: 0)."""
     out, width = q.shape
-    groups = q.reshape(out, scale.shape[1], -1).float()
+    groups = q.reshape(out, scale.shape[1], -1).float()  # a new tensor: the steps below work in place
     if zero is not None:
-        groups = groups - zero.float().unsqueeze(-1)
-    return (groups * scale.float().unsqueeze(-1)).reshape(out, width).to(dtype)
+        groups.sub_(zero.float().unsqueeze(-1))
+    return groups.mul_(scale.float().unsqueeze(-1)).reshape(out, width).to(dtype)
 
 
 def _kernel(device: torch.device, out_features: int, in_features: int, group_size: int) -> str | None:
