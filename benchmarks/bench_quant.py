@@ -138,7 +138,7 @@ def int4_check(path: Path, image: str, args) -> dict:
     """benchmarks/gpu_check.py's 4-bit check, for a checkpoint `path` on args.device (CUDA, or a CPU):
     the RTN export loads with every decoder Linear layer on the device's int4 kernel; its captured decode
     equals its eager decode token for token; its first-step logits against the unquantised model's;
-    tokens/s, the bytes of its tensors on the device and (CUDA) the memory the loaded engine holds
+    tokens/s and prefill time, the bytes of its tensors on the device and (CUDA) the memory the loaded engine holds
     (KV cache included), each beside the unquantised model's; and
     `--quantize int4|int8` (with whether `_weight_int8pack_mm` runs on the device)."""
     from benchmarks.gpu_check import greedy_turn, new_engine
@@ -156,6 +156,7 @@ def int4_check(path: Path, image: str, args) -> dict:
         fields[f"{name}_model_gib"] = round(_tensor_bytes(engine.model) / 2**30, 3)
         turns[name] = greedy_turn(engine, image, args.new_tokens)
         fields[f"{name}_tokens_per_s"] = turns[name]["fields"]["tokens_per_s"]
+        fields[f"{name}_prefill_s"] = turns[name]["fields"]["prefill_s"]
         turns[name]["logits"] = first_logits(engine, turns[name]["gen"].prompt).float()
         if name == "int4":
             kernels = {m.kernel for m in engine.model.modules() if isinstance(m, Int4Linear)}
