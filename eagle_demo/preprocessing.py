@@ -150,13 +150,18 @@ def fit_tiles_to_context(
     tile_size: int,
     tokens_per_tile: int,
     use_thumbnail: bool,
+    dynamic: bool = True,
 ) -> int:
-    """The per-image max_tiles to tile every image of a conversation with (upstream rule).
+    """The per-image max_tiles to tile every image of a conversation with (upstream rule), wherever
+    the model runs (the engine, the vLLM plugin).
 
     image_sizes: (width, height) of every image in the conversation; num_frames: video frames
     in it (always one tile each). While all tiles together cost >= context_tokens, the limit
     drops by 2 (12, 10, 8, ...); it never goes below 1. Text tokens are not counted, as upstream.
+    dynamic: the checkpoint's dynamic_image_size; without it every image is one tile.
     """
+    if not dynamic:
+        return 1
     while max_tiles > 1:
         tiles = num_frames + sum(count_tiles(w, h, max_tiles, tile_size, use_thumbnail) for w, h in image_sizes)
         if tiles * tokens_per_tile < context_tokens:

@@ -1,7 +1,7 @@
 """The remote backend: answers from an OpenAI-compatible server (vLLM with this project's plugin).
 
-`ServerMenu` stands where the native `ModelMenu` stands, and `ServerModel.chat` where `Engine.chat`
-does: the handlers and the UI cannot tell them apart. Images are checked and opened by media.py as
+`ServerMenu` is the second implementation of `backend.Backend` (beside the native `ModelMenu`), and
+`ServerModel` of `backend.ChatModel`: the faces cannot tell them apart. Images are checked and opened by media.py as
 for the native engine, and sent as lossless PNG data URLs, so the server tiles the same pixels.
 """
 
@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import media
+from .backend import Progress, no_progress
 from .config import LIMITS, GenerationSettings, Limits
 from .conversation import Message
+from .errors import UserError
 
 UNREACHABLE = ("The model server at {host} does not answer. Check that it runs and that this address is right "
                "(--server / EAGLE_SERVER).")
@@ -29,8 +31,10 @@ FAILED = "The model server failed on this answer. Try again; if it goes on faili
 TILE_SIZE = 448  # every Eagle2 checkpoint's tile (force_image_size): video frames are sent at it
 
 
-class ServerError(ValueError):
-    """What went wrong on the model server, said for the user (the handlers show ValueError texts)."""
+class ServerError(UserError):
+    """What went wrong on the model server, said for the user."""
+
+    status = 502
 
 
 def _client(url: str):
@@ -52,10 +56,7 @@ class ServerMenu:
             raise ServerError(UNREACHABLE.format(host=self.host)) from e
         self._models = {name: ServerModel(self, name) for name in self.names}
 
-    def checkpoint(self, name: str) -> str:
-        return name
-
-    def engine(self, name: str) -> ServerModel:
+    def model(self, name: str) -> ServerModel:
         return self._models[name]
 
     def status(self, name: str) -> str:
@@ -63,13 +64,13 @@ class ServerMenu:
 
     @contextmanager
     def use(self, name: str, progress: Callable[[float, str], None] | None = None) -> Iterator[ServerModel]:
-        yield self.engine(name)
+        yield self.model(name)
 
 
 class ServerModel:
-    """One served model, with the parts of the Engine's interface the handlers use."""
+    """One model of the server."""
 
-    model = "remote"  # never None: nothing to load here
+    loaded = True  # the server loaded it: nothing to load here
 
     def __init__(self, menu: ServerMenu, name: str):
         self.menu, self.name = menu, name
@@ -81,7 +82,7 @@ class ServerModel:
         return None
 
     def chat(self, messages: list[Message], system: str, settings: GenerationSettings | None = None,
-             cancel: threading.Event | None = None, progress: Callable[[str], None] | None = None) -> ServerAnswer:
+             cancel: threading.Event | None = None, progress: Progress | None = None) -> ServerAnswer:
         settings = settings or GenerationSettings()
         request = ServerRequest.of(messages, system, settings.num_frames, self.menu.limits)
         return ServerAnswer(self, request, settings, cancel or threading.Event(), progress)
@@ -136,10 +137,10 @@ class ServerAnswer:
     and vLLM aborts a request whose client went away."""
 
     def __init__(self, model: ServerModel, request: ServerRequest, settings: GenerationSettings,
-                 cancel: threading.Event, progress: Callable[[str], None] | None):
+                 cancel: threading.Event, progress: Progress | None):
         self.model, self.request, self.settings, self.cancel = model, request, settings, cancel
-        self.progress = progress or (lambda stage: None)
-        self.text, self.token_ids, self.finish_reason = "", [], None
+        self.progress = progress or no_progress
+        self.text, self.prompt_token_ids, self.token_ids, self.finish_reason = "", [], [], None
         self.num_frames = sum(map(len, request.video_timestamps))
         self.num_tiles = [1] * self.num_frames  # a frame is one tile; images are tiled on the server, unseen here
         self.timings: dict = {}
@@ -157,7 +158,7 @@ class ServerAnswer:
     def __iter__(self) -> Iterator[str]:
         from openai import APIConnectionError, APIStatusError, NotFoundError
 
-        self.progress("sending to the model server…")
+        self.progress(None, "sending to the model server…")
         start = time.perf_counter()
         try:
             stream = self.model.menu.client.chat.completions.create(**self._request())
@@ -170,6 +171,7 @@ class ServerAnswer:
         first = last = None
         try:
             for chunk in stream:
+                self.prompt_token_ids = getattr(chunk, "prompt_token_ids", None) or self.prompt_token_ids
                 if self.cancel.is_set():
                     self.finish_reason = "cancelled"
                     return

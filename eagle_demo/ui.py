@@ -3,7 +3,7 @@ beside a message box that also takes pasted, dropped or attached files, the sett
 `chat` endpoint for gradio_client and MCP.
 
 Declarative Blocks: each event is `fn, inputs, outputs`, chained with `.then`; what the events do
-is in `handlers.py`, the conversation's forms in `conversation.py`. No model code here.
+is in `handlers.py`, the chat's forms in `chat_history.py`. No model code here.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from .backend import Backend
+from .chat_history import conversation
 from .config import DEFAULT_SYSTEM_PROMPT, LIMITS, SETTING_RANGES, Limits
-from .conversation import conversation
 from .gradio_inputs import HISTORY_SCHEMA, CheckedBlocks, described_as, self_contained, taken_as_sent, text_only
 from .handlers import DEFAULTS, ChatHandlers
-from .models import ModelMenu
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLES = [  # (question, images, video) from assets/, drawn by assets/make_assets.py
@@ -146,7 +146,7 @@ class Page:
         return [self.settings[name] for name in SETTING_RANGES]
 
 
-def build_app(menu: ModelMenu, limits: Limits = LIMITS, gpu: Callable | None = None, concurrency: int = 1,
+def build_app(menu: Backend, limits: Limits = LIMITS, gpu: Callable | None = None, concurrency: int = 1,
               delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
     """The Blocks app over the models of `menu`. `gpu` is `spaces.GPU` on ZeroGPU (see ChatHandlers)."""
     examples = [(text, [str(ASSETS / f) for f in images], video and str(ASSETS / video))

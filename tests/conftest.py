@@ -82,7 +82,7 @@ def launched_app(checkpoint: Path, mcp: bool = False):
     port = free_port()
     flags = ["--model", str(checkpoint), "--port", str(port), *(["--mcp"] if mcp else [])]
     demo, menu, launch = app.build(app.parse_args(flags))
-    engine = menu.engine(menu.names[0])
+    engine = menu.model(menu.names[0])
     engine.load()
     recorder = Recorder(engine)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch)

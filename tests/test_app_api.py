@@ -9,6 +9,7 @@ import re
 import time
 
 import pytest
+import torch
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
@@ -16,7 +17,7 @@ from tests.conftest import ASSETS, ROOT, serve_app, stream, wait_until_serving
 
 
 def test_chat_history_becomes_the_models_conversation():
-    from eagle_demo import conversation as chat
+    from eagle_demo import chat_history as chat
     from eagle_demo.conversation import Message
 
     history = [
@@ -137,6 +138,24 @@ def test_corrupt_upload_gives_a_clear_message_and_the_next_request_works(client,
     assert answer.strip()
 
 
+def test_out_of_gpu_memory_is_told_with_what_to_change_and_the_next_request_works(client, app_server):
+    """The language model fails as a GPU out of memory does (a forward hook, PyTorch's public seam):
+    the user reads the advice, not the reference message of an unexpected failure."""
+    def out_of_memory(module, args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = app_server.engine.model.language_model.register_forward_pre_hook(out_of_memory)
+    try:
+        with pytest.raises(AppError) as caught:
+            client.predict("What is this?", [handle_file(str(ASSETS / "scene.jpg"))], **FAST, api_name="/chat")
+    finally:
+        hook.remove()
+    assert str(caught.value).startswith("The GPU ran out of memory for this request. Try fewer image tiles")
+    assert "reference" not in str(caught.value) and "CUDA" not in str(caught.value)
+    answer = client.predict("What is this?", [handle_file(str(ASSETS / "scene.jpg"))], **FAST, api_name="/chat")
+    assert answer.strip()
+
+
 def test_only_the_served_models_can_be_asked_for(client):
     with pytest.raises(AppError) as caught:  # refused by name, never loaded
         client.predict("Hi", model="nvidia/Eagle2-9B", api_name="/chat")
@@ -201,17 +220,17 @@ def test_python_app_py_refuses_a_missing_folder_without_a_traceback(tmp_path):
 
 
 def test_readme_client_example_works_as_written(app_server, monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "python-and-mcp.md").read_text(encoding="utf-8")
     section = readme.split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
     code, more = (block.split("```", 1)[0] for block in section.split("```python\n")[1:3])
     assert code.count("http://127.0.0.1:7860/") == 1
     monkeypatch.chdir(ROOT)
     names = {}
-    exec(compile(code.replace("http://127.0.0.1:7860/", app_server.url), "README.md", "exec"), names)
+    exec(compile(code.replace("http://127.0.0.1:7860/", app_server.url), "python-and-mcp.md", "exec"), names)
     printed = capsys.readouterr().out  # gradio_client's "Loaded as API" line, then the answer
     answer = app_server.recorder.generations[-1].text
     assert answer and printed.endswith(answer + "\n")
-    exec(compile(more, "README.md", "exec"), names)  # several images, a video and a history
+    exec(compile(more, "python-and-mcp.md", "exec"), names)  # several images, a video and a history
     generation = app_server.recorder.generations[-1]
     assert generation.text == names["answer"] and len(generation.num_tiles) == 2 + generation.num_frames
 

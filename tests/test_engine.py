@@ -8,14 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.common import transformers_twin
 from eagle_demo import engine as engine_module
 from eagle_demo.config import GenerationSettings, Limits
+from eagle_demo.conversation import Message
 from eagle_demo.decoding import TextStream, sample_next
-from eagle_demo.engine import Engine, Message, PromptError
+from eagle_demo.engine import Engine
+from eagle_demo.errors import PromptError
 from eagle_demo.media import MediaError
 from eagle_demo.preprocessing import Turn, build_prompt, load_tokenizer
 from eagle_demo.tiny import write_tiny_checkpoint
+from tests.support import transformers_twin
 
 GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=12, max_tiles=4, repetition_penalty=1.0)
 
@@ -264,7 +266,8 @@ def test_a_cpu_reads_tiles_and_prompt_in_steps_it_reports_and_the_answer_is_the_
     messages = [Message("user", "Describe both.", images=images[:2])]
     stages = []
     monkeypatch.setattr(engine_module, "CPU_PREFILL_CHUNK", 100)
-    gen = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings, progress=stages.append)
+    gen = run(Engine(str(checkpoints["eagle_2_5_vl"]), device="cpu"), messages, settings,
+              progress=lambda fraction, text: stages.append(text))
     tiles, tokens = sum(gen.num_tiles), len(gen.prompt_token_ids)
     assert tokens > 300  # several prompt steps, one of them not full
     steps = [f"reading the images: {done} of {tiles} tiles" for done in range(0, tiles, engine_module.CPU_VISION_CHUNK)]

@@ -102,7 +102,7 @@ def test_an_image_and_a_question_get_an_answer(mcp_app):
 def test_a_list_of_images_does_not_pass_through_gradio_6_31s_mcp_server(mcp_app):
     """gradio's MCP server turns a URL into a file only where the schema has one file, not inside a
     list (gradio/mcp.py, convert_strings_to_filedata): the app gets the bare text and refuses it.
-    Once this fails, a newer gradio passes `images` on: say so in the README."""
+    Once this fails, a newer gradio passes `images` on: say so in docs/python-and-mcp.md."""
     result = call(mcp_app.url, {"message": "Hi", **FAST, "images": [data_url(ASSETS / "chart.png", "image/png")]})
     assert result.isError and result.content[0].text.startswith("Could not read the request. Check images")
 
@@ -133,11 +133,11 @@ def test_a_bad_value_comes_back_as_a_tool_error_that_says_what_to_change(mcp_app
 
 
 def test_readme_mcp_example_works_as_written(mcp_app, monkeypatch, capsys):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "python-and-mcp.md").read_text(encoding="utf-8")
     code = readme.split("\n## MCP\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert code.count("http://127.0.0.1:7860/") == 1
     monkeypatch.chdir(ROOT)
-    exec(compile(code.replace("http://127.0.0.1:7860/", mcp_app.url), "README.md", "exec"), {})
+    exec(compile(code.replace("http://127.0.0.1:7860/", mcp_app.url), "python-and-mcp.md", "exec"), {})
     generation = mcp_app.recorder.generations[-1]
     assert capsys.readouterr().out == generation.text + "\n" and len(generation.num_tiles) == 1
 

@@ -1,13 +1,12 @@
 """Prompt token ids checked against the real Eagle2-1B tokenizer."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from eagle_demo.preprocessing import PromptTokens, Turn, Visual, build_prompt, load_tokenizer
+from tests.support import REAL_TOKENIZER
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "eagle2-1b" / "tokenizer"
 TOKENS_PER_TILE = 256  # Eagle2's (448/14 * 0.5)**2; a parameter of build_prompt
 SYSTEM = "You are a helpful assistant."
 
@@ -18,9 +17,7 @@ IMG, IMG_END, IMG_CONTEXT = 151665, 151666, 151667
 
 @pytest.fixture(scope="module")
 def tok():
-    if not TOKENIZER_DIR.is_dir():
-        pytest.skip(f"the reference tokenizer is not at {TOKENIZER_DIR}")
-    return load_tokenizer(TOKENIZER_DIR)
+    return load_tokenizer(REAL_TOKENIZER)
 
 
 @pytest.fixture(scope="module")

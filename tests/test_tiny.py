@@ -2,7 +2,6 @@
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -10,8 +9,7 @@ from safetensors import safe_open
 from eagle_demo.model import Eagle2Config, load_eagle2
 from eagle_demo.preprocessing import load_tokenizer
 from eagle_demo.tiny import write_tiny_checkpoint
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "eagle2-1b"
+from tests.support import REFERENCE
 
 
 def test_official_field_names(tmp_path):
@@ -37,8 +35,6 @@ def test_official_field_names(tmp_path):
 
 
 def test_reference_layouts_have_the_fields_we_write(tmp_path):
-    if not REFERENCE.is_dir():
-        pytest.skip("reference Eagle2-1B configs not available")
     for layout in ("eagle_chat", "eagle_2_5_vl"):
         real = json.loads((REFERENCE / layout / "config.json").read_text())
         tiny = json.loads((write_tiny_checkpoint(tmp_path / layout, layout) / "config.json").read_text())
@@ -103,8 +99,6 @@ def test_small_tokenizer(tmp_path):
 
 def test_small_tokenizer_has_the_real_added_tokens_in_order(tmp_path):
     real = REFERENCE / "tokenizer" / "tokenizer_config.json"
-    if not real.is_file():
-        pytest.skip("reference tokenizer not available")
     ours = json.loads((write_tiny_checkpoint(tmp_path, "eagle_chat") / "tokenizer_config.json").read_text())
     real = json.loads(real.read_text())
 
@@ -121,8 +115,6 @@ def test_small_tokenizer_has_the_real_added_tokens_in_order(tmp_path):
 
 
 def test_copies_real_tokenizer(tmp_path):
-    if not (REFERENCE / "tokenizer").is_dir():
-        pytest.skip("reference tokenizer not available")
     path = write_tiny_checkpoint(tmp_path, "eagle_2_5_vl", tokenizer_dir=REFERENCE / "tokenizer")
     cfg = Eagle2Config.from_dir(path)
     assert (cfg.text.vocab_size, cfg.image_token_index, cfg.text.eos_token_id) == (151674, 151667, 151645)

@@ -2,7 +2,7 @@
 the app as its front end (`--server`).
 
 Skipped where that virtualenv (VLLM_VENV, default .vllm-venv beside this checkout's root, as .ci/run
-makes it) or the real Eagle2 tokenizer (../shared/reference, for its chat template) is absent. vLLM's
+makes it) is absent. vLLM's
 CPU attention needs head_dim 32 to 512: the `small` random checkpoint, not `tiny`.
 """
 
@@ -23,8 +23,6 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from benchmarks.bench_vllm_cpu import VllmServer
-from benchmarks.common import REAL_TOKENIZER
 from eagle_demo.config import LIMITS, GenerationSettings
 from eagle_demo.conversation import Message
 from eagle_demo.engine import Engine
@@ -34,6 +32,8 @@ from eagle_demo.server_client import ServerRequest
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT, free_port
 from tests.media_factory import make_video
+from tests.support import REAL_TOKENIZER
+from tests.vllm_server import VllmServer
 
 VENV = Path(os.environ.get("VLLM_VENV") or ROOT / ".vllm-venv")
 SERVED = "eagle2-small"
@@ -46,7 +46,6 @@ GREEDY = GenerationSettings(max_tiles=6, num_frames=6, temperature=0, top_p=1.0,
 
 pytestmark = [
     pytest.mark.skipif(not (VENV / "bin" / "python").is_file(), reason=f"no vLLM virtualenv at {VENV}"),
-    pytest.mark.skipif(not REAL_TOKENIZER.is_dir(), reason="the real Eagle2 tokenizer (../shared) is absent"),
 ]
 
 
@@ -225,6 +224,32 @@ def test_the_4bit_export_is_served_as_the_engine_serves_its_weights(tmp_path, mo
         assert "Using CPUWNA16LinearKernel for CompressedTensorsWNA16" in server.log_tail(10_000)
 
 
+def test_eval_run_through_the_server_gives_the_engines_greedy_predictions(server, checkpoint, tmp_path):
+    """`eval run --server URL --concurrency 2`: the same pixels and prompts reach vLLM, whose greedy
+    answers equal the native engine's, item by item."""
+    import subprocess
+    import sys
+
+    from eagle_demo.evaluation.backends import NativeBackend
+    from eagle_demo.evaluation.data import read_tsv
+    from eagle_demo.evaluation.presets import benchmark
+    from eagle_demo.evaluation.runner import read_records, run
+    from tests.eval_data import chartqa_rows, write_tsv
+
+    data = write_tsv(tmp_path / "ChartQA_TEST.tsv", chartqa_rows([(300, 200), (200, 300), (500, 180)]))
+    native, _ = run(NativeBackend(str(checkpoint), device="cpu", dtype="float32"), benchmark("ChartQA_TEST"),
+                    read_tsv(data), tmp_path / "native" / "ChartQA_TEST.jsonl", max_new_tokens=8)
+    done = subprocess.run([sys.executable, "-m", "eagle_demo", "eval", "run", "--benchmark", "ChartQA_TEST", "--data",
+                           str(data), "--server", server.url, "--concurrency", "2", "--model", SERVED, "--out",
+                           str(tmp_path / "served"), "--max-new-tokens", "8"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    served = {r["index"]: r for r in read_records(tmp_path / "served" / "ChartQA_TEST.jsonl")}
+    assert [(r["prediction"], r["tiles"]) for r in native] == [(served[r["index"]]["prediction"],
+                                                                 served[r["index"]]["tiles"]) for r in native]
+    assert json.loads(done.stdout.splitlines()[-1])["model"] == SERVED
+
+
 # ------------------------------------------------------------------------------- the app as front end
 @pytest.fixture(scope="module")
 def front_end(server):
@@ -272,7 +297,7 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
     _, menu = front_end
     settings = GenerationSettings(temperature=1.0, top_k=3, max_new_tokens=4000, seed=0)
     cancel = threading.Event()
-    answer = menu.engine(SERVED).chat([Message("user", "Tell me a long story.")], SYSTEM, settings, cancel=cancel)
+    answer = menu.model(SERVED).chat([Message("user", "Tell me a long story.")], SYSTEM, settings, cancel=cancel)
     deltas = iter(answer)
     next(deltas)
     assert running_requests(server) == 1
@@ -283,7 +308,7 @@ def test_stop_closes_the_stream_and_the_server_aborts_the_request(front_end, ser
         time.sleep(0.2)
     assert running_requests(server) == 0 and answer.finish_reason == "cancelled"
     assert len(answer.token_ids) < 4000
-    assert list(menu.engine(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # the server is free
+    assert list(menu.model(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # the server is free
 
 
 def test_with_concurrency_two_users_are_answered_at_once(front_end, server):
@@ -322,13 +347,13 @@ def test_what_the_server_refuses_is_said_to_the_user(problem, front_end, tmp_pat
     _, menu = front_end
     images = [picture(tmp_path, f"many-{i}", 64, 64, seed=i) for i in range(SERVER_MAX_IMAGES + 1)]
     if problem == "too many images":
-        model, question, expected = menu.engine(SERVED), Message("user", "Compare them.", images), REFUSED
+        model, question, expected = menu.model(SERVED), Message("user", "Compare them.", images), REFUSED
     else:
         model, question, expected = ServerModel(menu, "Eagle2-9B"), Message("user", "Hello"), NOT_SERVED
     with pytest.raises(ServerError) as refused:
         list(model.chat([question], SYSTEM, GREEDY))
     assert str(refused.value) == expected.format(model="Eagle2-9B")
-    assert list(menu.engine(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # and it goes on serving
+    assert list(menu.model(SERVED).chat([Message("user", "Hello")], SYSTEM, GREEDY))  # and it goes on serving
 
 
 def test_a_server_that_went_down_is_named_and_the_app_goes_on(front_end, server):

@@ -39,12 +39,11 @@ class Eagle2ImageProcessor:
         self.dynamic, self.context_tokens = config.dynamic_image_size, context_tokens
 
     def fitted_max_tiles(self, sizes: list[tuple[int, int]], num_frames: int, requested: int | None) -> int:
-        """The engine's rule for a prompt's images of `sizes` beside `num_frames` frames: the request's
-        Max tiles (else the config's; 1 without dynamic tiling), lowered by 2 while all tiles together
-        would fill the server's context (its --max-model-len)."""
-        requested = (requested or self.max_tiles) if self.dynamic else 1
-        return preprocessing.fit_tiles_to_context(sizes, num_frames, requested, self.context_tokens, self.tile_size,
-                                                  self.tokens_per_tile, self.use_thumbnail)
+        """The engine's rule for a prompt's images of `sizes` beside `num_frames` frames, against the
+        server's context (its --max-model-len); the request's Max tiles, else the config's."""
+        return preprocessing.fit_tiles_to_context(sizes, num_frames, requested or self.max_tiles, self.context_tokens,
+                                                  self.tile_size, self.tokens_per_tile, self.use_thumbnail,
+                                                  self.dynamic)
 
     def num_tiles(self, width: int, height: int, max_tiles: int) -> int:
         return preprocessing.count_tiles(width, height, max_tiles, self.tile_size, self.use_thumbnail)
