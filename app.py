@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="8-bit weights through bitsandbytes (CUDA only) [EAGLE_LOAD_8BIT]")
     p.add_argument("--cpu-int8", action="store_true", default=_env_flag("EAGLE_CPU_INT8"),
                    help="dynamic int8 Linear layers on a CPU: faster, not exact (see README) [EAGLE_CPU_INT8]")
+    p.add_argument("--quantize", default=env("EAGLE_QUANTIZE") or None, choices=["int4", "int8"],
+                   help="weight-only int4 or int8 language model layers made at load, on CUDA or a CPU: less memory, "
+                        "not exact (a checkpoint made by `python -m eagle_demo quantize` loads 4-bit without it) "
+                        "[EAGLE_QUANTIZE]")
     p.add_argument("--device", default=env("EAGLE_DEVICE"),
                    help="cpu, cuda or cuda:N; default: cuda when available [EAGLE_DEVICE]")
     p.add_argument("--dtype", default=env("EAGLE_DTYPE"), choices=["float32", "bfloat16", "float16"],
@@ -111,6 +115,7 @@ def local_menu(args: argparse.Namespace, limits) -> ModelMenu:
         sys.exit(problem)
     menu = ModelMenu(models, max_loaded=args.max_models, device=args.device or ("cuda" if ZERO_GPU else None),
                      dtype=args.dtype, load_8bit=args.load_8bit, limits=limits, attn=args.attn, cpu_int8=args.cpu_int8,
+                     quantize=args.quantize,
                      # ZeroGPU lends a GPU per call: there is none to capture graphs on at start-up
                      use_cuda_graphs=False if ZERO_GPU else None)
     if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call

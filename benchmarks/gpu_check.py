@@ -5,12 +5,14 @@
 Random weights of the true sizes (`python -m eagle_demo tiny --size ...`). For each size: load in
 bf16; the captured decode equals eager decode token for token (256 greedy tokens after a 12-tile
 image); tokens/s of the engine, the bare loop and transformers `generate`; image-turn TTFT with its
-stages; peak memory. For the first size (the 1B) also: `--load-8bit` loads and answers; a second
-device index (when there is one); 20 requests forced out of memory, each answered with the message
-and followed by a normal answer; `eval run` over 32 OCR-style items against the engine alone.
-Prints JSON lines, the last one a summary; a failed check is printed and the script goes on; the
-exit status is 1 if anything failed. `--device cpu --sizes tiny` runs the same script on a CPU (the
-GPU-only checks are then reported as skipped): the test suite does that.
+stages; peak memory; the 4-bit export (`python -m eagle_demo quantize`) on the int4 kernel against
+bf16: its tensors' bytes, tokens/s, logit error, captured against eager decode, and `--quantize
+int4|int8`. For the first size (the 1B) also: `--load-8bit` loads and answers; a second device index
+(when there is one); 20 requests forced out of memory, each answered with the message and followed
+by a normal answer; `eval run` over 32 OCR-style items against the engine alone. Prints JSON lines,
+the last one a summary; a failed check is printed and the script goes on; the exit status is 1 if
+anything failed. `--device cpu --sizes tiny` runs the same script on a CPU (the GPU-only checks are
+then reported as skipped): the test suite does that.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import bare_loop, engine_run, generate_baseline  # noqa: E402
 from benchmarks.bench_eval import eval_check  # noqa: E402
+from benchmarks.bench_quant import int4_check  # noqa: E402
 from benchmarks.common import QUESTION, checkpoint, emit, twelve_tile_image  # noqa: E402
 from eagle_demo.config import GenerationSettings, Limits  # noqa: E402
 from eagle_demo.engine import Engine, GenerationError, Message  # noqa: E402
@@ -198,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         path = Path(written["path"])
         checks.run(f"{size} bf16 decode", size_check, size, path, image, args)
+        checks.run(f"{size} int4", int4_check, path, image, args)
         if size == args.sizes[0]:  # the 1B by default
             checks.run(f"{size} 8-bit", eight_bit_check, path, args)
             checks.run(f"{size} second device", second_device_check, path, args)

@@ -78,9 +78,10 @@ def on_own_thread(work: Callable[[Callable[[Any], None], threading.Event], None]
         worker.join(timeout=30)  # the engine stops after the token it is on
 
 
-def answer_stats(model: str, answer) -> dict:
-    """What the export and the answer's footer tell of a finished answer (a backend.Answer)."""
-    return {"model": model, "tokens": len(answer.token_ids), "ttft_s": answer.timings.get("ttft_s"),
+def answer_stats(model: str, answer, weights: str | None = None) -> dict:
+    """What the export and the answer's footer tell of a finished answer (a backend.Answer);
+    `weights`: "4-bit weights" and the like, for a quantised model."""
+    return {"model": model, "weights": weights, "tokens": len(answer.token_ids), "ttft_s": answer.timings.get("ttft_s"),
             "tokens_per_s": answer.timings.get("decode_tokens_per_s"),
             "image_tiles": sum(answer.num_tiles) - answer.num_frames, "frames": answer.num_frames,
             "reused_tokens": answer.timings.get("reused_tokens"), "finish_reason": answer.finish_reason}
@@ -131,7 +132,7 @@ class AnswerStream:
                     sent = len(ids)
                 emit(AnswerUpdate(text=text, tokens=len(answer.token_ids), token_ids=answer.token_ids[sent:],
                                   prompt_token_ids=None if text else list(answer.prompt_token_ids),
-                                  stats=answer_stats(model, answer)))
+                                  stats=answer_stats(model, answer, getattr(chat_model, "weights", None))))
 
         try:
             yield from on_own_thread(work)

@@ -173,8 +173,9 @@ def hide_paths(text: str, turns: list[Message]) -> str:
 
 # ----------------------------------------------------------------------------- per-answer records
 def answer_footer(model: str, stats: dict) -> str:
-    """The line under an answer: which model wrote it, how fast, and what it read."""
-    parts_ = [model, f"{stats['tokens']} tokens"]
+    """The line under an answer: which model wrote it (and its weights' bits, when quantised), how fast,
+    and what it read."""
+    parts_ = [model, *([stats["weights"]] if stats.get("weights") else []), f"{stats['tokens']} tokens"]
     if stats.get("ttft_s") is not None:
         parts_.append(f"{stats['ttft_s']:.1f} s to first token")
     if stats.get("tokens_per_s"):

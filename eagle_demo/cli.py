@@ -1,4 +1,5 @@
-"""`python -m eagle_demo generate|tiny|eval`: scripted inference, tiny test checkpoints, benchmarks."""
+"""`python -m eagle_demo generate|tiny|quantize|eval`: scripted inference, tiny test checkpoints, 4-bit
+checkpoints, benchmarks."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     gen.add_argument("--load-8bit", action="store_true")
     gen.add_argument("--cpu-int8", action="store_true", help="dynamic int8 Linear layers on a CPU: faster, not exact")
+    gen.add_argument("--quantize", choices=["int4", "int8"], default=None,
+                     help="quantise the language model's weights at load (weight-only): less memory, not exact")
     gen.add_argument("--json", action="store_true",
                      help="print only one JSON object at the end: text, prompt_token_ids, token_ids, num_tiles")
 
@@ -46,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--tokenizer", help="copy this tokenizer folder instead of writing a small one")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--size", default="tiny", help="tiny, small, or the true 1B, 2B, 9B dims (random weights)")
+    tiny.add_argument("--shards", type=int, default=None,
+                      help="safetensors files to split the weights into (default: one per 4 GB, as the hub does)")
 
+    from .quantize import add_command
+
+    add_command(commands)
     evaluation.add_parser(commands)
     return parser
 
@@ -61,7 +69,7 @@ def _generate(args) -> int:
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
         seed=args.seed)
     engine = Engine(args.model, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
-                    cpu_int8=args.cpu_int8)
+                    cpu_int8=args.cpu_int8, quantize=args.quantize)
     engine.load()
     if args.max_tiles is None:
         settings = replace(settings, max_tiles=engine.cpu_default_tiles() or settings.max_tiles)
@@ -85,7 +93,7 @@ def _tiny(args) -> int:
     from .tiny import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(args.out, layout=args.layout, mob=args.mob,
-                                 tokenizer_dir=args.tokenizer, seed=args.seed, size=args.size)
+                                 tokenizer_dir=args.tokenizer, seed=args.seed, size=args.size, shards=args.shards)
     print(path)
     return 0
 
@@ -93,6 +101,10 @@ def _tiny(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "quantize":
+            from .quantize import run
+
+            return run(args)
         if args.command == "eval":
             return evaluation.main(args)
         return _generate(args) if args.command == "generate" else _tiny(args)

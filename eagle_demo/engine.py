@@ -41,13 +41,15 @@ class Engine:
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
                  load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool | None = None,
-                 attn: str = "sdpa", cpu_int8: bool = False):
+                 attn: str = "sdpa", cpu_int8: bool = False, quantize: str | None = None):
         self.model_name = model
         self.attn = attn
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.load_8bit = load_8bit
         self.cpu_int8 = cpu_int8  # dynamic int8 Linear layers on a CPU (opt-in: not exact)
+        self.quantize = quantize  # "int4" or "int8": weight-only language model layers made at load
+        self.weights: str | None = None  # "4-bit weights" once a model with such layers is loaded
         self.limits = limits
         self.use_cuda_graphs = self.device.startswith("cuda") if use_cuda_graphs is None else use_cuda_graphs
         self.status = "not loaded"
@@ -101,7 +103,10 @@ class Engine:
             self.tokenizer, self.tokens, self.model = tokenizer, tokens, model
             self.stop_ids = {i for i in (tokens.im_end, tokens.im_start,
                                          tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
-            self.status = f"ready: {self.model_name} on {self.device}"
+            from .model.quantized import describe_weights
+
+            self.weights = describe_weights(model)
+            self.status = f"ready: {self.model_name} on {self.device}" + (f", {self.weights}" if self.weights else "")
             report(1.0, self.status)
             return True
 
@@ -119,7 +124,7 @@ class Engine:
             torch.set_num_threads(physical_cores())
         dtype = torch.float32 if self.cpu_int8 else self.dtype  # bfloat16 may be a CPU's default
         model = load_eagle2(path, device=self.device, dtype=dtype, load_in_8bit=self.load_8bit,
-                            attn=self.attn, progress=_step(report, 0.3, 0.8, loading))
+                            attn=self.attn, progress=_step(report, 0.3, 0.8, loading), quantize=self.quantize)
         if self.cpu_int8:
             to_dynamic_int8(model)
         elif self.device == "cpu":

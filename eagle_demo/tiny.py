@@ -9,9 +9,12 @@ weights in both layouts.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -75,18 +78,20 @@ SIZES = {
                 num_hidden_layers=28), _SIGLIP_SO400M, None),
 }
 REAL_VOCAB_SIZE = 151674
+SHARD_BYTES = 4 << 30  # the default shard size: about the hub's
 
 
 def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob: bool = False,
                           tokenizer_dir: str | Path | None = None, seed: int = 0, size: str = "tiny",
-                          shards: int = 1) -> Path:
+                          shards: int | None = None) -> Path:
     """Write a tiny random Eagle2 checkpoint to out_dir (created if needed) and return its path.
 
     mob=True gives the 9B structure (SigLIP + ConvNeXt towers, untied lm_head), which exists in
     the eagle_chat layout only. tokenizer_dir: copy that tokenizer (e.g. the real Eagle2 one)
     instead of writing a small one; the vocabulary size follows the tokenizer. size: a key of SIZES.
     shards > 1 splits the weights as the hub does: model-0000k-of-0000n.safetensors and
-    model.safetensors.index.json (the same weights as one file of the same seed).
+    model.safetensors.index.json (the same weights as one file of the same seed); default: one
+    file per SHARD_BYTES. Weights are made one shard at a time, so memory holds about one shard.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}: expected one of {tuple(SIZES)}")
@@ -111,25 +116,37 @@ def write_tiny_checkpoint(out_dir: str | Path, layout: str = "eagle_2_5_vl", mob
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"_from_model_config": True, "transformers_version": "4.37.2"}, indent=2) + "\n")
-    _save_weights(_random_weights(Eagle2Config.from_dict(config), seed), out, shards)
+    shapes = _weight_shapes(Eagle2Config.from_dict(config))
+    if shards is None:
+        shards = max(1, math.ceil(sum(math.prod(shape) for shape in shapes.values()) * 2 / SHARD_BYTES))
+    _save_weights(shapes, seed, out, shards)
     return out
 
 
-def _save_weights(weights: dict[str, torch.Tensor], out: Path, shards: int) -> None:
-    """model.safetensors, or `shards` files of consecutive keys and the index that maps each key to its file."""
-    if shards == 1:
-        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-        return
-    keys = list(weights)
-    if not 1 < shards <= len(keys):
+def _save_weights(shapes: dict[str, torch.Size], seed: int, out: Path, shards: int) -> None:
+    """model.safetensors, or `shards` files of consecutive keys of about equal bytes, and the index that
+    maps each key to its file; each file's weights made just before it is written."""
+    keys = list(shapes)
+    if not 1 <= shards <= len(keys):
         raise ValueError(f"shards must be between 1 and the {len(keys)} tensors, not {shards}")
-    weight_map = {}
-    for k in range(shards):
+    weights = _random_weights(shapes, seed)
+    if shards == 1:
+        save_file(dict(weights), out / "model.safetensors", metadata={"format": "pt"})
+        return
+    sizes = [math.prod(shapes[key]) for key in keys]
+    starts = [0, *accumulate(sizes)][:-1]  # each key goes to the shard its first byte falls in
+    counts = [sum(1 for start in starts if k * sum(sizes) <= start * shards < (k + 1) * sum(sizes))
+              for k in range(shards)]
+    if 0 in counts:
+        raise ValueError(f"{shards} shards leave one of them empty: ask for fewer")
+    weight_map, total_size = {}, 0
+    for k, count in enumerate(counts):
         name = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        part = keys[k * len(keys) // shards:(k + 1) * len(keys) // shards]
-        save_file({key: weights[key] for key in part}, out / name, metadata={"format": "pt"})
+        part = dict(next(weights) for _ in range(count))
+        save_file(part, out / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(part, name))
-    total_size = sum(t.nbytes for t in weights.values())
+        total_size += sum(t.nbytes for t in part.values())
+        del part
     index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -191,21 +208,33 @@ def _config_dict(layout: str, mob: bool, ids: dict[str, int], size: str) -> dict
     }
 
 
-def _random_weights(config: Eagle2Config, seed: int) -> dict[str, torch.Tensor]:
-    """N(0, 0.02) weights (norm scales 1 + N(0, 0.02)) in bfloat16, keyed as in the checkpoint."""
+def true_size_shapes(size: str, layout: str = "eagle_2_5_vl", mob: bool = False) -> dict[str, torch.Size]:
+    """Checkpoint key -> shape of what `write_tiny_checkpoint` writes at a true size (1B, 2B, 9B: the real
+    vocabulary, whatever the tokenizer), without writing it."""
+    if size in ("tiny", "small"):
+        raise ValueError("the tiny and small sizes' vocabulary follows their tokenizer: write them instead")
+    ids = {"<|endoftext|>": 0, "<|im_end|>": 1, "<IMG_CONTEXT>": 2}
+    return _weight_shapes(Eagle2Config.from_dict(_config_dict(layout, mob, ids, size)))
+
+
+def _weight_shapes(config: Eagle2Config) -> dict[str, torch.Size]:
+    """Checkpoint key -> shape, in the order the weights are made (the model keys' sorted order)."""
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in Eagle2Model(config).state_dict().items()}
     if config.text.tie_word_embeddings:
         del shapes[LM_HEAD]
     prefixes = key_prefixes(config)
+    return {to_checkpoint_key(key, prefixes): shapes[key] for key in sorted(shapes)}
+
+
+def _random_weights(shapes: dict[str, torch.Size], seed: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, N(0, 0.02) weight in bfloat16; norm scales 1 + N(0, 0.02)), one at a time in `shapes`' order."""
     generator = torch.Generator().manual_seed(seed)
-    weights = {}
-    for key in sorted(shapes):
-        value = torch.randn(shapes[key], generator=generator) * 0.02
-        if len(shapes[key]) == 1 and key.endswith("weight"):
+    for key, shape in shapes.items():
+        value = torch.randn(shape, generator=generator) * 0.02
+        if len(shape) == 1 and key.endswith("weight"):
             value += 1
-        weights[to_checkpoint_key(key, prefixes)] = value.to(torch.bfloat16)
-    return weights
+        yield key, value.to(torch.bfloat16)
 
 
 def _token_ids(folder: Path) -> dict[str, int]:

@@ -24,6 +24,8 @@ def test_the_script_runs_end_to_end_on_cpu_at_the_tiny_size():
     assert decode["equal_to_eager_tokens"] == 16 and decode["tokens_per_s"] > 0 and decode["generate_tokens_per_s"] > 0
     assert {"ttft_s", "vision_s", "prefill_s", "bare_loop_tokens_per_s"} <= set(decode)
     assert next(line for line in lines if line.get("check") == "tiny eval run")["items"] == 2
+    int4 = next(line for line in lines if line.get("check") == "tiny int4")
+    assert int4["kernels"] == ["cpu"] and int4["equal_to_eager_tokens"] == 16
     assert set(summary["skipped"]) == {"tiny 8-bit", "tiny second device", "tiny out of memory x20"}
 
 

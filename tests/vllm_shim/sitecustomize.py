@@ -13,10 +13,14 @@ none of their compiled parts, so:
   load, and the two ops that torchvision registers fake kernels for unconditionally (nms, qnms)
   get their schemas defined here first, without kernels, so `import torchvision` succeeds and
   calling those ops (never done here) raises torch's "no kernel" error.
+With EAGLE_VLLM_EMULATE_CPU_WNA16=1, vLLM's CPU kernel for 4-bit weights is emulated where its build
+lacks it (cpu_wna16.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 
 HIDDEN = ("torchaudio", "torchcodec")
@@ -49,3 +53,30 @@ class _TorchvisionOps:
 
 
 sys.meta_path.insert(0, _TorchvisionOps())
+
+
+class _AfterImport:
+    """A meta-path hook that calls `patch(module)` once the module `name` has been imported."""
+
+    def __init__(self, name: str, patch):
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        run = spec.loader.exec_module
+
+        def run_and_patch(module):
+            run(module)
+            self.patch(module)
+
+        spec.loader.exec_module = run_and_patch
+        return spec
+
+
+if os.environ.get("EAGLE_VLLM_EMULATE_CPU_WNA16") == "1":
+    from cpu_wna16 import patch as _patch_cpu_wna16
+
+    sys.meta_path.insert(0, _AfterImport("vllm._custom_ops", _patch_cpu_wna16))
