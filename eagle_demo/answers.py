@@ -81,7 +81,8 @@ def on_own_thread(work: Callable[[Callable[[Any], None], threading.Event], None]
 def answer_stats(model: str, answer, weights: str | None = None) -> dict:
     """What the export and the answer's footer tell of a finished answer (a backend.Answer);
     `weights`: "4-bit weights" and the like, for a quantised model."""
-    return {"model": model, "weights": weights, "tokens": len(answer.token_ids), "ttft_s": answer.timings.get("ttft_s"),
+    return {"model": model, **({"weights": weights} if weights else {}), "tokens": len(answer.token_ids),
+            "ttft_s": answer.timings.get("ttft_s"),
             "tokens_per_s": answer.timings.get("decode_tokens_per_s"),
             "image_tiles": sum(answer.num_tiles) - answer.num_frames, "frames": answer.num_frames,
             "reused_tokens": answer.timings.get("reused_tokens"), "finish_reason": answer.finish_reason}
