@@ -277,7 +277,9 @@ def test_each_answer_keeps_its_stats_and_settings_for_the_export(client):
     chat, _ = client.predict(chat, None, "Be terse.", 2, 8, 1.0, 1.0, 7, 1.0, 0, "3", api_name="/respond")
     chat[0] = {"role": "user", "content": [{"type": "file", "file": image}, {"type": "text", "text": "What is it?"}]}
     lines = [m["metadata"]["log"] for m in chat if m["role"] == "assistant"]
-    line = re.compile(r"tiny-eagle2 · \d+ tokens · [\d.]+ s to first token( · \d+ tokens/s)? · \d+ image tiles$")
+    # a random model may write only blanks, and the line then says so first
+    line = re.compile(r"(the model ended its answer without writing anything · )?"
+                      r"tiny-eagle2 · \d+ tokens · [\d.]+ s to first token( · \d+ tokens/s)? · \d+ image tiles$")
     assert all(line.search(text) for text in lines), lines
     data = json.loads(open(client.predict(chat, api_name="/export"), encoding="utf-8").read())
     first, second = (m["made_with"] for m in data["messages"] if m["role"] == "assistant")
