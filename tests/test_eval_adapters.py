@@ -7,7 +7,7 @@ data); VLMEvalKit (the `nvidia-vlmeval` release) runs its own inference loop on 
 model class registered by the two lines docs/eval.md gives. Each answers as `eval run` does.
 
 Skipped where that virtualenv (LMMS_VENV, default .lmms-venv beside this checkout's root, as .ci/run
-makes it) or the real Eagle2 tokenizer (../shared/reference) is absent.
+makes it) is absent.
 """
 
 from __future__ import annotations
