@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +24,16 @@ from safetensors import safe_open
 
 from .model.loading import weight_files
 from .model.quantized import dequantize, quantize_groups
-from .quantize import Scaling
+
+
+@dataclass
+class Scaling:
+    """AWQ's per-input-channel scales by checkpoint key: `columns` multiply a weight's inputs before it is
+    quantised; `rows` divide what feeds them (a norm's scale, the rows of up_proj), so the product is kept."""
+
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
+
 
 # input tap: (the layers that read it, what feeds them), by checkpoint key within a decoder layer
 GROUPS = {"attn": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "input_layernorm.weight"),

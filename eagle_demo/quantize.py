@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .awq import Scaling
 from .model.loading import CheckpointError, resolve_checkpoint, weight_files
 from .model.quantized import BITS, pack, quantize_groups
 
@@ -31,15 +31,6 @@ IGNORED = ["language_model.lm_head", "re:vision_model\\.", "re:mlp1\\."]
 INDEX = "model.safetensors.index.json"
 SIDE_FILES = ("*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken")  # tokenizer, processor, generation config
 METHODS = ("rtn", "awq")
-
-
-@dataclass
-class Scaling:
-    """AWQ's per-input-channel scales by checkpoint key: `columns` multiply a weight's inputs before it is
-    quantised; `rows` divide what feeds them (a norm's scale, the rows of up_proj), so the product is kept."""
-
-    columns: dict[str, torch.Tensor] = field(default_factory=dict)
-    rows: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def quantization_config(group_size: int) -> dict:
@@ -72,7 +63,7 @@ def quantize_checkpoint(model: str | Path, out: str | Path, method: str = "rtn",
     _check_group_size(files, group_size)
     scaling = Scaling()
     if method == "awq":
-        from .awq import calibrate
+        from .awq import calibrate  # loads the engine: only for AWQ
 
         scaling = calibrate(path, group_size, device, images)
     out.mkdir(parents=True, exist_ok=True)
