@@ -21,7 +21,7 @@ from dataclasses import asdict
 import gradio as gr
 
 from . import grounding, media
-from .answers import AnswerStream, unknown_model
+from .answers import AnswerStream
 from .attachments import Attachments
 from .chat_history import (
     CONTINUE,
@@ -46,7 +46,7 @@ from .chat_history import (
 from .config import GenerationSettings, Limits
 from .conversation import Message
 from .errors import UserError, server_fault
-from .gradio_inputs import page_refusal, refuse, settings_from
+from .gradio_inputs import checked_model, page_refusal, settings_from
 from .records import OutputFiles, exported, recorded
 
 BUSY_SENDING = "The answer is still coming. Wait for it, or press Stop, then send again; your text stays in the box."
@@ -99,11 +99,7 @@ class ChatActions:
 
     # ------------------------------------------------------------------ model and status
     def checked_model(self, model: str | None) -> str:
-        if model is None:
-            return self.models[0]
-        if model not in self.models:  # never load whatever a client names
-            refuse(str(unknown_model(self.models)))
-        return model
+        return checked_model(model, self.models)
 
     def status(self, model: str, state: str | None = None) -> str:
         return f"**Model** {model} · {state or self.menu.status(model)}"

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import closing
 
-from .answers import AnswerStream, unknown_model
+from .answers import AnswerStream
 from .chat_history import parts, without_progress
 from .config import DEFAULT_SYSTEM_PROMPT, GenerationSettings, Limits
 from .conversation import Message
-from .gradio_inputs import HISTORY_HINT, InputError, error_boundary, refuse, settings_from
+from .gradio_inputs import HISTORY_HINT, InputError, checked_model, error_boundary, refuse, settings_from
 from .records import OutputFiles, exported
 
 DEFAULTS = GenerationSettings()
@@ -26,11 +26,7 @@ class Endpoints:
         self.models = answers.backend.names
 
     def checked_model(self, model: str | None) -> str:
-        if model is None:
-            return self.models[0]
-        if model not in self.models:  # never load whatever a client names
-            refuse(str(unknown_model(self.models)))
-        return model
+        return checked_model(model, self.models)
 
     @error_boundary
     def chat(self, message: str, images: list[str] | None = None, video: str | None = None,

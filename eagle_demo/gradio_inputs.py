@@ -22,6 +22,7 @@ from functools import wraps
 
 import gradio as gr
 
+from .answers import unknown_model
 from .config import GenerationSettings
 from .errors import UserError, server_fault
 
@@ -40,6 +41,16 @@ class InputError(gr.Error):
 def refuse(message: str):
     """End the handler with an error that says what to change (an API client's, or a toast)."""
     raise gr.Error(message, print_exception=False)
+
+
+def checked_model(model: str | None, names: list[str]) -> str:
+    """The model a request names (the first when it names none); refused unless it is on the menu,
+    so that no client makes the app load whatever it names."""
+    if model is None:
+        return names[0]
+    if model not in names:
+        refuse(str(unknown_model(names)))
+    return model
 
 
 def page_refusal(message: str):
