@@ -86,7 +86,7 @@ def int4_weight_bytes(size: str, group_size: int = 128) -> dict:
 @torch.inference_mode()
 def first_logits(engine: Engine, prompt) -> torch.Tensor:
     engine.clear_caches()
-    return engine._prefill(prompt, engine._embed_prompt(prompt))[0]
+    return engine.runner.prefill(prompt, engine.runner.embed_prompt(prompt))[0]
 
 
 def quality(engines: dict[str, Engine], reference: Engine, new_tokens: int) -> dict:

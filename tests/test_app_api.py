@@ -279,7 +279,8 @@ def test_each_answer_keeps_its_stats_and_settings_for_the_export(client):
     lines = [m["metadata"]["log"] for m in chat if m["role"] == "assistant"]
     # a random model may write only blanks, and the line then says so first
     line = re.compile(r"(the model ended its answer without writing anything · )?"
-                      r"tiny-eagle2 · \d+ tokens · [\d.]+ s to first token( · \d+ tokens/s)? · \d+ image tiles$")
+                      r"tiny-eagle2 · \d+ tokens · [\d.]+ s to first token( · \d+ tokens/s)? · \d+ image tiles"
+                      r"( · cut at the [\d,]+-token limit \(Max new tokens\))?$")
     assert all(line.search(text) for text in lines), lines
     data = json.loads(open(client.predict(chat, api_name="/export"), encoding="utf-8").read())
     first, second = (m["made_with"] for m in data["messages"] if m["role"] == "assistant")
