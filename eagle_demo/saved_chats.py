@@ -161,8 +161,11 @@ class SavedChats:
         messages, records, chat_id = found
         return messages, records, chat_id, self._listed(saved, chat_id)
 
-    def opened(self, chosen: str | None, saved, answering: bool):
-        """A chat picked from the list, in place of the one shown (which stays saved)."""
+    def opened(self, chosen: str | None, chat_id: str | None, saved, answering: bool):
+        """A chat picked from the list, in place of the one shown (which stays saved). The list also
+        reports an input each time it loses focus, picked or not: the chat shown, or none, is no pick."""
+        if not chosen or chosen == chat_id:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if answering:
             page_refusal("The answer is still coming. Wait for it, or press Stop, then open another chat.")
         found = restored(saved, chosen, self.uploads()) if chosen else None

@@ -353,7 +353,7 @@ class _Wiring:
         """The chats kept in the browser: the latest reopened on a page load, one opened from the list,
         the one shown deleted."""
         p, saving, chat = self.p, self.saving, self.p.chatbot
-        opened = p.saved_list.input(saving.opened, [p.saved_list, p.saved, p.answering],
+        opened = p.saved_list.input(saving.opened, [p.saved_list, p.chat_id, p.saved, p.answering],
                                     [chat, p.records, p.chat_id, p.buttons["export"]], **QUIET)
         deleted = p.delete.click(saving.deleted, [p.chat_id, p.saved, p.answering],
                                  [p.saved, chat, p.records, p.chat_id, p.saved_list, p.buttons["export"]], **QUIET)

@@ -508,6 +508,43 @@ def test_chats_survive_a_reload_and_can_be_reopened_and_deleted(page, app):
     assert [chat_name(o) for o in page.get_by_role("option").all()] == ["Second chat"]
 
 
+def test_the_saved_chats_list_left_without_a_pick_changes_nothing(page, app, monkeypatch):
+    """The list also reports an input when it merely loses focus: opened and left with nothing
+    picked, it says nothing ("no longer saved" of a chat nobody deleted, "still coming" while an
+    answer streams) and opens nothing; a real pick still opens the chat."""
+    page.evaluate("""() => { window.toastsSeen = [];
+      new MutationObserver(() => document.querySelectorAll('.toast-body').forEach(t => {
+        if (!window.toastsSeen.includes(t.innerText)) window.toastsSeen.push(t.innerText); }))
+        .observe(document.body, {childList: true, subtree: true}); }""")
+    set_number(page, "Max new tokens", 3)
+    ask(page, "Kept chat")
+    ended(page, 1)
+    page.wait_for_function("() => document.querySelector('#saved-list input').value.startsWith('Kept chat')")
+    page.locator("#clear").click()
+    page.wait_for_function("() => !document.querySelector('#chat [data-testid=user]')")
+
+    def open_and_leave():
+        page.locator("#saved-list input").click()
+        page.get_by_role("option").first.wait_for()
+        page.locator("#ask textarea").click()
+        page.wait_for_function("() => !document.querySelector('#saved-list [role=option]')")
+
+    def pick_kept_chat():  # after the list's earlier inputs, in their order (one event, one at a time)
+        page.locator("#saved-list input").click()
+        page.get_by_role("option").filter(has_text="Kept chat").click()
+        page.locator("#chat [data-testid=user]").filter(has_text="Kept chat").wait_for()
+
+    open_and_leave()  # a new chat, not in the list
+    pick_kept_chat()
+    long_answer(page, app, monkeypatch, "And more.")
+    open_and_leave()  # the chat shown, while its answer streams
+    press_stop(page)
+    page.locator("#clear").click()
+    page.wait_for_function("() => !document.querySelector('#chat [data-testid=user]')")
+    pick_kept_chat()
+    assert page.evaluate("() => window.toastsSeen") == []
+
+
 def test_an_earlier_question_is_edited_and_asked_again_from_there(page, app):
     """Build: the pencil on an earlier question; the chat goes on from the edited question."""
     set_number(page, "Max new tokens", 3)
