@@ -104,8 +104,14 @@ def test_images_a_video_and_a_history_in_one_request(app_server, api, tmp_path):
 
 def files_left(timeout: float = 10.0) -> list[Path]:
     """The /v1 requests' files still on disk, once their answers' events have ended."""
-    end = time.monotonic() + timeout
-    while (left := list(request_folder().glob("*/*"))) and time.monotonic() < end:
+    end, left = time.monotonic() + timeout, []
+    while time.monotonic() < end:
+        try:
+            left = list(request_folder().glob("*/*"))
+        except FileNotFoundError:  # a request's folder deleted as it was listed: look again
+            continue
+        if not left:
+            break
         time.sleep(0.05)
     return left
 
