@@ -168,7 +168,7 @@ class SavedChats:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if answering:
             page_refusal("The answer is still coming. Wait for it, or press Stop, then open another chat.")
-        found = restored(saved, chosen, self.uploads()) if chosen else None
+        found = restored(saved, chosen, self.uploads())
         if found is None:
             page_refusal("That chat is no longer saved in this browser.")
         messages, records, chat_id = found
