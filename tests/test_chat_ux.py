@@ -17,15 +17,13 @@ import pytest
 
 from eagle_demo.chat_actions import BUSY_SENDING
 from eagle_demo.config import LIMITS
-from tests.conftest import ARTIFACTS, ASSETS
+from tests.conftest import ARTIFACTS, ASSETS, CHROMIUM
 from tests.media_factory import make_image
-from tests.test_browser import (  # noqa: F401 - browser and small_app are fixtures
-    CHROMIUM,
+from tests.test_browser import (  # noqa: F401 - small_app is a fixture
     RECORD_STATUS,
     STOP,
     answered,
     ask,
-    browser,
     open_page,
     set_number,
     small_app,

@@ -19,9 +19,8 @@ import httpx
 import pytest
 
 from eagle_demo.config import LIMITS
-from tests.conftest import ARTIFACTS, ASSETS, serve_app, stop_app, wait_until_serving
+from tests.conftest import ARTIFACTS, ASSETS, CHROMIUM, serve_app, stop_app, wait_until_serving
 from tests.media_factory import make_image
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
 LIMIT = LIMITS.max_images_per_conversation
@@ -60,16 +59,6 @@ LOW_CONTRAST = """() => {
   }
   return found;
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
