@@ -16,8 +16,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.conftest import ARTIFACTS, ASSETS, ROOT, serve_app, stop_app, stream, wait_until_serving
-from tests.test_browser import CHROMIUM, ask, browser  # noqa: F401, F811 - browser is a fixture
+from tests.conftest import ARTIFACTS, ASSETS, CHROMIUM, ROOT, serve_app, stop_app, stream, wait_until_serving
+from tests.test_browser import ask
 
 GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0, max_tiles=2, num_frames=4, repetition_penalty=1.0)
 KNOBS = ["max_tiles", "num_frames", "temperature", "top_p", "max_new_tokens", "repetition_penalty", "top_k", "seed"]
@@ -133,7 +133,7 @@ def test_v1_answers_inside_the_lease_charged_to_its_caller(zero_gpu_app):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
-def test_the_page_chats_through_the_worker(zero_gpu_app, browser):  # noqa: F811 - the fixture
+def test_the_page_chats_through_the_worker(zero_gpu_app, browser):
     client, log, _ = zero_gpu_app
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(30_000)
