@@ -108,7 +108,7 @@ def _kernel(device: torch.device, out_features: int, in_features: int, group_siz
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:  # tinygemm: Ampere on
         takes = out_features % 8 == 0 and in_features % 32 == 0 and group_size in (32, 64, 128, 256)
         return "cuda" if takes else None
-    if device.type == "cpu":
+    if device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):  # where this PyTorch has it
         return "cpu" if out_features % CPU_OUT_MULTIPLE == 0 and in_features % 2 == 0 else None
     return None
 
