@@ -8,7 +8,7 @@ Random weights of the true sizes (`python -m eagle_demo tiny --size ...`), 256 g
   one run, each variant's greedy tokens equal to eager's; the bare loop and transformers `generate`;
   image-turn TTFT with its stages; the engine's peak memory (the transformers twin's apart); the
   eager pace against what the ZeroGPU duration assumes (`eagle_demo.models.GpuTime`);
-- a follow-up turn with a new image: its peak memory above the loaded model;
+  a follow-up turn with a new image: its peak memory above the loaded model;
 - the 4-bit export on the int4 kernel against bf16, and `--quantize int4|int8`.
 For the first size (the 1B) also: cuDNN attention against flash/memory-efficient (a cold plan's
 TTFT, a warm one's, a follow-up's continuation prefill, tokens against flash); sampling (seeded,
@@ -178,6 +178,7 @@ def decode_check(size: str, path: Path, image: str, args) -> dict:
     fields["bare_loop_tokens_per_s"] = round(bare_loop(engine, captured["gen"], args.new_tokens), 1)
     if args.cuda:
         fields["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(args.device) / 2**30, 2)
+    fields.update(follow_up(engine, image, args))
     use_decoder(engine, captured=False)
     greedy_turn(engine, image, 8)  # warm-up
     eager = greedy_turn(engine, image, args.new_tokens)
@@ -220,20 +221,19 @@ def compiled_check(size: str, path: Path, image: str, args) -> dict:
     return fields
 
 
-def follow_up_check(path: Path, image: str, args) -> dict:
+def follow_up(engine: Engine, image: str, args) -> dict:
     """A second turn that adds a new 12-tile image: its prefill's peak above the loaded model. (Once a
     second image joins, the prompt labels each image, so the turn reuses little of the first.)"""
-    engine = new_engine(path, args.device, dtype=args.dtype)
     first = Message("user", QUESTION, images=[image])
     answer = ask(engine, [first], 16)
     new_image = distinct_image(image, 1)
     follow = [first, Message("assistant", answer.text), Message("user", "And this one?", images=[new_image])]
     gen, peak = peak_above(args.device, lambda: ask(engine, follow, 16))
-    fields = {"prompt_tokens": len(gen.prompt_token_ids), "reused_tokens": gen.timings["reused_tokens"],
-              "encoded_tiles": gen.timings["encoded_tiles"], "ttft_s": round(gen.timings["ttft_s"], 4)}
+    timings = gen.timings
+    fields = {"follow_up_prompt_tokens": len(gen.prompt_token_ids), "follow_up_reused_tokens": timings["reused_tokens"],
+              "follow_up_ttft_s": round(timings["ttft_s"], 4)}
     if peak is not None:
-        fields["peak_above_loaded_gib"] = peak
-    engine.unload()
+        fields["follow_up_peak_above_loaded_gib"] = peak
     return fields
 
 
@@ -249,27 +249,27 @@ def cudnn_check(path: Path, image: str, args) -> dict:
     backends = {"flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
                 "cudnn": [SDPBackend.CUDNN_ATTENTION]}
     engine = new_engine(path, args.device, dtype=args.dtype)
+    question = [Message("user", QUESTION, images=[image])]
     fields, answers = {}, {}
     for tiles, (name, chosen) in zip((10, 11), backends.items()):  # a new prompt length for each
-        with sdpa_kernel(chosen):
-            for when in ("cold", "warm"):
-                engine.clear_caches()
-                gen = ask(engine, [Message("user", QUESTION, images=[image])], 32, max_tiles=tiles)
-                fields[f"{name}_{when}_ttft_s"] = round(gen.timings["ttft_s"], 4)
-            answers[name] = gen
-            follow = [Message("user", QUESTION, images=[image]), Message("assistant", gen.text),
-                      Message("user", "And the colours?")]
-            try:
+        try:
+            with sdpa_kernel(chosen):
+                for when in ("cold", "warm"):
+                    engine.clear_caches()
+                    answers[name] = ask(engine, question, 32, max_tiles=tiles)
+                    fields[f"{name}_{when}_ttft_s"] = round(answers[name].timings["ttft_s"], 4)
+                follow = [*question, Message("assistant", answers[name].text), Message("user", "And the colours?")]
                 fields[f"{name}_follow_up_ttft_s"] = round(ask(engine, follow, 4, max_tiles=tiles).timings["ttft_s"], 4)
-            except Exception as e:  # what the pin avoids: cuDNN raising on a shape instead of falling back
-                fields[f"{name}_follow_up_error"] = f"{type(e).__name__}: {e}"[:300]
-    with sdpa_kernel(backends["flash"]):
-        engine.clear_caches()
-        flash_at_11 = ask(engine, [Message("user", QUESTION, images=[image])], 32, max_tiles=11)
-    fields["cudnn_equal_to_flash_tokens"] = first_difference(answers["cudnn"].token_ids, flash_at_11.token_ids)
+        except Exception as e:  # what the pin avoids: cuDNN raising on a shape instead of falling back
+            if name == "flash":
+                raise
+            fields["cudnn_error"] = f"{type(e).__name__}: {e}"[:300]
+    if "cudnn" in answers:
+        with sdpa_kernel(backends["flash"]):
+            engine.clear_caches()
+            flash = ask(engine, question, 32, max_tiles=11)
+        fields["cudnn_equal_to_flash_tokens"] = first_difference(answers["cudnn"].token_ids, flash.token_ids)
     engine.unload()
-    if "flash_follow_up_error" in fields:
-        raise AssertionError(f"the pinned backends failed a follow-up: {fields}")
     return fields
 
 
@@ -335,10 +335,12 @@ def eight_bit_check(path: Path, image: str, args) -> dict:
 
     engine = new_engine(path, args.device, dtype=args.dtype, load_8bit=True)
     layers = [m for m in engine.model.modules() if isinstance(m, Int8Linear)]
-    fields = {"layers": len(layers), "cuda_graphs": bool(engine.decoder.graphs), "kernel_rows": layers[0].kernel_rows}
-    for label, rows in (("kernel", layers[0].kernel_rows), ("dequantised", 0)):
+    rows = layers[0].kernel_rows
+    fields = {"layers": len(layers), "cuda_graphs": bool(engine.decoder.graphs),
+              "kernel_rows": "all" if rows == sys.maxsize else rows}
+    for label, kernel_rows in (("kernel", rows), ("dequantised", 0)):
         for layer in layers:
-            layer.kernel_rows = rows
+            layer.kernel_rows = kernel_rows
         use_decoder(engine, captured=True)  # a graph holds the path it was captured with
         turn = greedy_turn(engine, image, args.new_tokens)
         fields[f"{label}_tokens_per_s"] = turn["fields"]["tokens_per_s"]
@@ -419,7 +421,6 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(written["path"])
         checks.run(f"{size} bf16 decode", decode_check, size, path, image, args)
         checks.run(f"{size} compiled decode", compiled_check, size, path, image, args)
-        checks.run(f"{size} follow-up with a new image", follow_up_check, path, image, args)
         checks.run(f"{size} int4", int4_check, path, image, args)
         if size == args.sizes[0]:  # the 1B by default
             checks.run(f"{size} cuDNN attention", cudnn_check, path, image, args)
