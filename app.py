@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="answer through this OpenAI-compatible server (vLLM with this project's plugin, see "
                         "README) instead of loading a model; its models make the menu [EAGLE_SERVER]")
     p.add_argument("--load-8bit", action="store_true", default=_env_flag("EAGLE_LOAD_8BIT"),
-                   help="8-bit weights through bitsandbytes (CUDA only) [EAGLE_LOAD_8BIT]")
+                   help="8-bit weights, as --quantize int8 [EAGLE_LOAD_8BIT]")
     p.add_argument("--cpu-int8", action="store_true", default=_env_flag("EAGLE_CPU_INT8"),
                    help="dynamic int8 Linear layers on a CPU: faster, not exact (see README) [EAGLE_CPU_INT8]")
     p.add_argument("--quantize", default=env("EAGLE_QUANTIZE") or None, choices=["int4", "int8"],

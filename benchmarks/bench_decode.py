@@ -224,6 +224,17 @@ def int8_error(engine: Engine, reference: Engine, prompt) -> dict:
             "int8_top1_agrees": bool(ours.argmax() == exact.argmax())}
 
 
+def decode_weight_bytes(lm) -> int:
+    """Bytes of weights a decode step reads: the language model's parameters and quantised layers'
+    weight buffers, less the embedding, of which a step reads one row (unless it is also the tied
+    lm_head, which is read whole: the 1B and 2B tie them, the 9B does not)."""
+    embed = lm.model.embed_tokens.weight
+    unread = None if lm.lm_head.weight is embed else embed.data_ptr()
+    buffers = [t for name, t in lm.named_buffers() if not name.endswith("inv_freq")]  # rotary: not weights
+    tensors = {t.data_ptr(): t for t in (*lm.parameters(), *buffers)}
+    return sum(t.numel() * t.element_size() for ptr, t in tensors.items() if ptr != unread)
+
+
 def summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, ttft, bare) -> dict:
     tps = statistics.median(engine_tps)
     summary = {"summary": True, "size": size, "device": args.device, "text_tokens": args.text_tokens or None,
@@ -240,7 +251,7 @@ def summarize(args, size, engine, last, baseline_ids, engine_tps, generate_tps, 
                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     lm = engine.model.language_model
     if args.device.startswith("cuda"):
-        weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
+        weight_bytes = decode_weight_bytes(lm)
         bandwidth = next((b for name, b in BANDWIDTH.items() if name in torch.cuda.get_device_name()), None)
         if bandwidth:
             summary["roofline_pct"] = round(100 * tps * weight_bytes / bandwidth, 1)

@@ -198,7 +198,7 @@ def _quantized_at_load(path: Path, image: str, args, dtype: str | None, bits: st
     layers = [m for m in engine.model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
     fields = {"layers": len(layers), "loaded_gib": round((_allocated(args.device) - before) / 2**30, 3),
               "model_gib": round(_tensor_bytes(engine.model) / 2**30, 3),
-              "fused_kernel": all(getattr(m, "kernel", None) or getattr(m, "fused", False) for m in layers),
+              "fused_kernel": all(getattr(m, "kernel", None) or getattr(m, "kernel_rows", 0) for m in layers),
               "tokens": len(greedy_turn(engine, image, 8)["gen"].token_ids)}
     engine.unload()
     return fields

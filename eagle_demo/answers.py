@@ -109,7 +109,10 @@ class AnswerStream:
             yield from updates
 
     def _gpu_seconds(self, turns: list[Message], model: str, system: str, settings: GenerationSettings) -> int:
-        return self.backend.gpu_seconds(model, settings.max_new_tokens, sum(len(t.files) for t in turns))
+        """Counts every image and video of the conversation at its most tiles and frames: a new worker
+        has none of their features yet."""
+        tiles = sum(len(t.images) * (settings.max_tiles + 1) + (settings.num_frames if t.video else 0) for t in turns)
+        return self.backend.gpu_seconds(model, settings.max_new_tokens, tiles)
 
     def _model_side(self, turns: list[Message], model: str, system: str,
                     settings: GenerationSettings) -> Iterator[AnswerUpdate]:

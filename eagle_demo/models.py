@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backend import Progress
@@ -25,6 +26,16 @@ from .errors import UserError
 
 # Room a model needs beyond its weights: the KV cache, activations, the vision tower's work.
 HEADROOM = 1.3
+
+# ZeroGPU's sizes of an answer's GPU time (`GpuTime`). Its worker decodes eagerly (no GPU exists
+# when the models load, so no CUDA graph is captured).
+MAX_GPU_SECONDS = 120  # ZeroGPU refuses a longer duration ("ZeroGPU illegal duration") to most visitors
+WORKER_START_S = 5.0  # a forked worker's CUDA start before it moves the tensors
+MOVE_BYTES_PER_S = 2e9  # spaces' move of the start-up tensors, from its disk packs to the GPU
+ANSWER_START_S = 5.0  # the prompt's prefill and the first kernels' set-up
+SECONDS_PER_TILE = 0.3  # an image tile or video frame: decoded, tiled, through the vision tower, prefilled
+EAGER_STEP_S = 0.025  # an eager decode step launches ~1,100 kernels: their launch cost, the floor
+EAGER_BYTES_PER_S = 1.5e12  # and it reads every weight once
 
 
 def short_name(model: str) -> str:
@@ -62,6 +73,34 @@ def public_names(models: list[str]) -> dict[str, str]:
             name = f"{short_name(model)} ({n})"
         names[name] = model
     return names
+
+
+@dataclass(frozen=True)
+class GpuTime:
+    """The GPU time an answer may take on ZeroGPU, in its parts (seconds). The call cannot know
+    whether spaces hands it a warm worker or forks a new one, so each answer counts a new worker's
+    start: moving every loaded model's weights and KV cache to the GPU."""
+
+    worker_start: float
+    media: float
+    prefill: float
+    decode: float
+
+    @classmethod
+    def of(cls, menu: ModelMenu, name: str, max_new_tokens: int, tiles: int) -> GpuTime:
+        per_token = EAGER_STEP_S + menu.model(name).weight_bytes() / EAGER_BYTES_PER_S
+        return cls(worker_start=WORKER_START_S + menu.device_bytes() / MOVE_BYTES_PER_S,
+                   media=tiles * SECONDS_PER_TILE, prefill=ANSWER_START_S, decode=max_new_tokens * per_token)
+
+    @property
+    def seconds(self) -> int:
+        """Whole seconds to ask for, at most what ZeroGPU accepts."""
+        return min(MAX_GPU_SECONDS, math.ceil(self.worker_start + self.media + self.prefill + self.decode))
+
+
+def _kv_cache_bytes(engine) -> int:
+    cache = engine.decoder.cache if engine.decoder else None
+    return sum(t.numel() * t.element_size() for t in (*cache.k, *cache.v)) if cache else 0
 
 
 class ModelMenu:
@@ -106,12 +145,15 @@ class ModelMenu:
             return "not loaded (it loads with the first message)"
         return _hide_path(engine.status, self._paths[name], name)
 
-    def gpu_seconds(self, name: str, max_new_tokens: int, visuals: int) -> int:
-        """Seconds of GPU to ask ZeroGPU for an answer (it queues shorter requests first and checks
-        them against the user's quota): 10 s for the prefill, a second per image or video, and the
-        decode of every token allowed at a pace set by the weights (memory-bound, ~1 TB/s, plus 10 ms)."""
-        per_token = 0.01 + self.model(name).weight_bytes() / 1e12
-        return min(120, math.ceil(10 + visuals + max_new_tokens * per_token))
+    def gpu_seconds(self, name: str, max_new_tokens: int, tiles: int) -> int:
+        """Seconds of GPU to ask ZeroGPU for an answer of `name` with up to `tiles` image tiles and
+        video frames (it queues shorter requests first, checks them against the user's quota and
+        aborts a task that overruns): see `GpuTime`."""
+        return GpuTime.of(self, name, max_new_tokens, tiles).seconds
+
+    def device_bytes(self) -> int:
+        """Bytes of the loaded models' weights and KV caches: what a new ZeroGPU worker moves to the GPU."""
+        return sum(self._engines[n].weight_bytes() + _kv_cache_bytes(self._engines[n]) for n in self.loaded())
 
     def preload(self) -> None:
         """Load every model now, with no memory check (ZeroGPU: models must be on CUDA at start-up,

@@ -1,7 +1,8 @@
 """benchmarks/gpu_check.py run as a script, as it runs on a GPU machine: end to end at the tiny size on
-CPU (the GPU-only checks report themselves skipped, with their reasons), and a failing check is
-reported while the run goes on."""
+CPU (the GPU-only checks, and those of optional packages not installed, report themselves skipped,
+with their reasons), and a failing check is reported while the run goes on."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -26,7 +27,15 @@ def test_the_script_runs_end_to_end_on_cpu_at_the_tiny_size():
     assert next(line for line in lines if line.get("check") == "tiny eval run")["items"] == 2
     int4 = next(line for line in lines if line.get("check") == "tiny int4")
     assert int4["kernels"] == ["cpu"] and int4["equal_to_eager_tokens"] == 16
-    assert set(summary["skipped"]) == {"tiny 8-bit", "tiny second device", "tiny out of memory x20"}
+    assert decode["follow_up_prompt_tokens"] > 2 * decode["prompt_tokens"] - 100  # two images of 13 tiles
+    for check in ("tiny sampling", "tiny spans", "tiny video", "tiny 8-bit"):
+        assert next(line for line in lines if line.get("check") == check)["ok"], check
+    absent = {f"tiny {package}" for package, module in (("flash-attn", "flash_attn"), ("decord", "decord"))
+              if importlib.util.find_spec(module) is None}
+    gpu_only = {"tiny compiled decode", "tiny cuDNN attention", "tiny second device", "tiny out of memory x20"}
+    assert set(summary["skipped"]) == gpu_only | absent
+    reasons = {line["check"]: line["skipped"] for line in lines if "check" in line and line.get("skipped")}
+    assert all(reasons[check].endswith("is not installed (pip install " + check.split()[1] + ")") for check in absent)
 
 
 def test_a_failing_check_is_reported_and_the_run_goes_on():

@@ -297,10 +297,17 @@ def test_resolve_checkpoint_errors(tmp_path, monkeypatch):
         resolve_checkpoint(tmp_path)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
-def test_8bit_needs_cuda(tiny):
-    with pytest.raises(ValueError, match="CUDA"):
-        load_eagle2(tiny["new"], load_in_8bit=True)
+def test_8bit_loading_makes_the_projects_weight_only_int8_layers(tiny):
+    """--load-8bit is --quantize int8: int8 weights on float activations (no bitsandbytes, no host
+    sync, no float16 cast), on any device."""
+    from eagle_demo.model.quantized import Int8Linear
+
+    model = load_eagle2(tiny["new"], load_in_8bit=True)
+    layers = [m for m in model.language_model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 7 * len(model.language_model.model.layers)
+    assert isinstance(model.language_model.lm_head, torch.nn.Linear)
+    with pytest.raises(ValueError, match="pick one"):
+        load_eagle2(tiny["new"], load_in_8bit=True, quantize="int4")
 
 
 def test_attention_choice(tiny):

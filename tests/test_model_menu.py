@@ -105,3 +105,25 @@ def test_loading_progress_names_the_model_never_its_folder(two_models):
         pass
     assert texts and any("first-eagle" in t for t in texts)
     assert not any(two_models[0] in t or "/" in t for t in texts), texts
+
+
+def test_the_zerogpu_time_counts_a_new_workers_start_the_tiles_and_eager_tokens(two_models):
+    """What an answer asks of ZeroGPU: a new worker first moves every loaded model's weights and KV
+    cache to the GPU; each tile or frame takes its time; tokens decode at an eager pace; never more
+    than ZeroGPU accepts."""
+    from eagle_demo.models import EAGER_STEP_S, MAX_GPU_SECONDS, MOVE_BYTES_PER_S, GpuTime, ModelMenu
+
+    menu = ModelMenu(two_models, device="cpu")
+    first, second = menu.names
+    menu.model(first).load()
+    alone = GpuTime.of(menu, first, 100, tiles=0)
+    menu.preload()
+    both = GpuTime.of(menu, first, 100, tiles=0)
+    other = menu.model(second)
+    cache = other.decoder.cache
+    moved = other.weight_bytes() + sum(t.numel() * t.element_size() for t in (*cache.k, *cache.v))
+    assert both.worker_start - alone.worker_start == pytest.approx(moved / MOVE_BYTES_PER_S)
+    assert GpuTime.of(menu, first, 100, tiles=13).media > both.media == 0
+    assert both.decode >= 100 * EAGER_STEP_S
+    assert menu.gpu_seconds(first, 100, 13) == GpuTime.of(menu, first, 100, tiles=13).seconds
+    assert menu.gpu_seconds(first, 4096, 13 * 20) == MAX_GPU_SECONDS

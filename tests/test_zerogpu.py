@@ -16,6 +16,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from eagle_demo.models import MAX_GPU_SECONDS, SECONDS_PER_TILE
 from tests.conftest import ARTIFACTS, ASSETS, CHROMIUM, ROOT, serve_app, stop_app, stream, wait_until_serving
 from tests.test_browser import ask
 
@@ -78,6 +79,20 @@ def test_ui_chat_streams_through_the_worker_and_a_second_turn_reuses_its_caches(
     forks = [c for c in calls(log) if c["event"] == "fork"]
     assert len(forks) == 1 and {c["pid"] for c in ends} == {forks[0]["pid"]}
     assert all(0 < c["duration"] <= 120 for c in calls(log) if c["event"] == "call")
+
+
+def test_the_gpu_time_asked_grows_with_the_tiles_an_answer_may_read(zero_gpu_app):
+    """spaces evaluates `duration` in the caller, on the call's arguments, before it schedules the
+    worker: the same question asks for more seconds where the image may take more tiles."""
+    client, log, model = zero_gpu_app
+    asked = []
+    for max_tiles in (1, 12):
+        before = len(calls(log))
+        stream(ui_chat(client, model, [user("What is in this picture?", ASSETS / "scene.jpg")], max_new_tokens=4,
+                       max_tiles=max_tiles))
+        asked.append(next(c["duration"] for c in calls(log)[before:] if c["event"] == "call"))
+    assert asked[1] - asked[0] >= int(11 * SECONDS_PER_TILE), asked  # 11 more tiles
+    assert asked[1] <= MAX_GPU_SECONDS
 
 
 def test_chat_api_and_its_errors_come_back_from_the_worker(zero_gpu_app, tmp_path):

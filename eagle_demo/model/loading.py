@@ -277,8 +277,8 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
                 quantize: str | None = None) -> Eagle2Model:
     """Build the model from config.json and load its safetensors; returns it in eval mode.
 
-    dtype defaults to bfloat16 on CUDA and float32 on CPU. load_in_8bit quantises the language
-    model's linear layers (not lm_head) with bitsandbytes (CUDA only). attn: "sdpa" or
+    dtype defaults to bfloat16 on CUDA and float32 on CPU. load_in_8bit is quantize="int8": the
+    language model's decoder Linear layers with int8 weights and float activations (`Int8Linear`). attn: "sdpa" or
     "flash_attention_2" (needs the flash_attn package; used by the vision tower). progress: told
     before each safetensors file is read, "shard 2 of 4" (or "one weights file"). A checkpoint in
     compressed-tensors' pack-quantized format loads its packed layers as 4-bit ones (model/quantized.py);
@@ -291,7 +291,7 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
     _check_attn(attn, device, dtype)
     packed = packed_scheme(path)
     _check_quantize(quantize, load_in_8bit, packed)
-    int8 = _int8_backend(device) if load_in_8bit else None
+    quantize = "int8" if load_in_8bit else quantize
 
     # Built on the meta device (no memory, no random init; a thread-local mode, so other threads
     # building models at the same time are not affected); the weights are then assigned as loaded.
@@ -315,7 +315,7 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
         params = model.state_dict()
         tie = config.text.tie_word_embeddings and LM_HEAD not in names
         _check_keys(path, params, names, stored, prefixes, skip={LM_HEAD} if tie else set())
-        load_device = "cpu" if int8 or quantize else device  # 8-bit and --quantize layers quantise on the device
+        load_device = "cpu" if quantize else device  # --quantize layers quantise on the device, one at a time
         model_keys = {key: model_key for model_key, key in names.items()}
         state = {}
         shards = len(handles)
@@ -336,8 +336,6 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a module that made a tensor in __init__ no checkpoint holds: compute it after load
         raise AssertionError(f"not loaded or computed after load: {', '.join(left[:5])}")
-    if int8:
-        _to_8bit(lm, *int8)
     for module in model.modules():
         if isinstance(module, Int4Linear):
             module.prepare()
@@ -399,36 +397,6 @@ def _check_attn(attn: str, device: torch.device, dtype: torch.dtype) -> None:
                          "use the default attn='sdpa'") from None
     if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
         raise ValueError("flash_attention_2 runs on CUDA in float16 or bfloat16 only")
-
-
-def _int8_backend(device: torch.device):
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise ValueError("8-bit loading (bitsandbytes) needs a CUDA GPU; load without 8-bit on this machine")
-    try:
-        import bitsandbytes
-    except ImportError:
-        raise ValueError("8-bit loading needs the bitsandbytes package: pip install bitsandbytes") from None
-    from transformers import BitsAndBytesConfig
-
-    return bitsandbytes, BitsAndBytesConfig(load_in_8bit=True)
-
-
-def _to_8bit(lm: nn.Module, bnb, cfg) -> None:
-    """Swap the language model's nn.Linear layers (not lm_head, nor cfg's skipped modules) for
-    bitsandbytes' LLM.int8 layers; they quantise when moved to the GPU."""
-    skip = {"lm_head", *(cfg.llm_int8_skip_modules or [])}
-    for parent_name, parent in list(lm.named_modules()):
-        for name, child in list(parent.named_children()):
-            full_name = f"{parent_name}.{name}".lstrip(".")
-            if not isinstance(child, nn.Linear) or skip & {full_name, *full_name.split(".")}:
-                continue
-            layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                        has_fp16_weights=cfg.llm_int8_has_fp16_weight,
-                                        threshold=cfg.llm_int8_threshold, device="meta")
-            layer.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False,
-                                             has_fp16_weights=cfg.llm_int8_has_fp16_weight)
-            layer.bias = child.bias
-            setattr(parent, name, layer)
 
 
 def to_cpu_decode_layout(lm: nn.Module) -> None:

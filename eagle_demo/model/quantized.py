@@ -38,6 +38,10 @@ CPU_OUT_MULTIPLE = 16  # PyTorch's CPU int4 kernel takes weights with a multiple
 # CPU: float32 matrix products beat the int4 kernel's bfloat16 ones there, and the dequantising is shared
 # by all the rows. Hence a CPU layer keeps the checkpoint's packed form beside the kernel's (8 bits a weight).
 CPU_KERNEL_ROWS = 128
+# Rows an int8 layer multiplies with `_weight_int8pack_mm` on CUDA: a decode step's. Its CUDA kernel
+# reduces each output on CUDA cores in float32 (aten/src/ATen/native/cuda/int8mm.cu), reading each
+# weight byte once, which suits one row; a prompt's rows go to cuBLAS on the dequantised weight.
+CUDA_INT8_KERNEL_ROWS = 4
 
 
 def pack(q: torch.Tensor) -> torch.Tensor:
@@ -104,7 +108,7 @@ def _kernel(device: torch.device, out_features: int, in_features: int, group_siz
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:  # tinygemm: Ampere on
         takes = out_features % 8 == 0 and in_features % 32 == 0 and group_size in (32, 64, 128, 256)
         return "cuda" if takes else None
-    if device.type == "cpu":
+    if device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):  # where this PyTorch has it
         return "cpu" if out_features % CPU_OUT_MULTIPLE == 0 and in_features % 2 == 0 else None
     return None
 
@@ -201,8 +205,10 @@ class Int4Linear(nn.Module):
 
 
 class Int8Linear(nn.Module):
-    """A Linear layer with int8 weights, one scale per output (symmetric), made at load: PyTorch's
-    `_weight_int8pack_mm` on bfloat16 activations where it runs, the dequantised weight elsewhere."""
+    """A Linear layer with int8 weights, one scale per output (symmetric), made at load, on float
+    activations (never cast to float16, no host sync: a CUDA graph holds it). PyTorch's
+    `_weight_int8pack_mm` multiplies where it runs, for at most `kernel_rows` rows; other inputs
+    multiply by the dequantised weight."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -212,11 +218,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(torch.bfloat16))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self.fused = _int8_kernel_runs(self.weight.device)
+        device = self.weight.device
+        self.kernel_rows = 0 if not _int8_kernel_runs(device) else (
+            CUDA_INT8_KERNEL_ROWS if device.type == "cuda" else sys.maxsize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.fused:
+        if flat.shape[0] <= self.kernel_rows:
             y = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scale)
         else:
             y = F.linear(flat, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
