@@ -130,7 +130,9 @@ def toast(page, text: str, times: int = 1, timeout: float = 10_000):
                                ".map(t => t.innerText.split(text).length - 1).reduce((a, b) => a + b, 0) >= times",
                                arg=[text, times], timeout=timeout)
     except Exception:
-        raise AssertionError(f"no toast said {text!r} {times} time(s); the toasts: {page.evaluate(TOASTS)}") from None
+        page.screenshot(path=str(ARTIFACTS / "page-no-toast.png"))
+        raise AssertionError(f"no toast said {text!r} {times} time(s); the toasts: {page.evaluate(TOASTS)}; "
+                             f"the page said: {page.said[-8:]}") from None
 
 
 def ended(page, count: int, timeout: float = 60_000):

