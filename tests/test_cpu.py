@@ -86,7 +86,7 @@ def test_a_cpu_engine_stores_wide_weights_input_major_and_keeps_the_tie(tiny_che
     mlp = lm.model.layers[0].mlp
     assert lm.lm_head.weight.stride() == (1, lm.config.vocab_size)  # seen [vocab, hidden], stored [hidden, vocab]
     assert lm.lm_head.weight is lm.model.embed_tokens.weight  # still one tied matrix
-    assert mlp.gate_proj.weight.stride()[0] == 1 and mlp.down_proj.weight.is_contiguous()  # down: fewer outputs
+    assert mlp.gate_up_proj.weight.stride()[0] == 1 and mlp.down_proj.weight.is_contiguous()  # down: fewer outputs
 
 
 def test_a_turn_runs_no_probe_on_its_way_to_the_answer(tiny_checkpoint):
