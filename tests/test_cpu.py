@@ -93,3 +93,10 @@ def test_a_turn_runs_no_probe_on_its_way_to_the_answer(tiny_checkpoint):
     engine = Engine(str(tiny_checkpoint), device="cpu")
     list(engine.chat([Message("user", "Hi")], "", GenerationSettings(temperature=0.0, max_new_tokens=4)))
     assert engine.cpu_wait.probe_rates is None  # the probe waits until an estimate is asked for
+
+
+def test_compile_asked_for_on_a_cpu_keeps_its_eager_step(tiny_checkpoint):
+    """A CPU's step attends over the filled positions only; a compiled one would attend over fixed spans."""
+    engine = Engine(str(tiny_checkpoint), device="cpu", compile_decode=True)
+    engine.load()
+    assert engine.decoder.compiled is None and not engine.decoder.bucketed
