@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight-only int4 or int8 language model layers made at load, on CUDA or a CPU: less memory, "
                         "not exact (a checkpoint made by `python -m eagle_demo quantize` loads 4-bit without it) "
                         "[EAGLE_QUANTIZE]")
+    p.add_argument("--compile", action="store_true", default=_env_flag("EAGLE_COMPILE"),
+                   help="run the decode step under torch.compile, captured as a CUDA graph (CUDA only; loading a "
+                        "model then takes longer) [EAGLE_COMPILE]")
     p.add_argument("--device", default=env("EAGLE_DEVICE"),
                    help="cpu, cuda or cuda:N; default: cuda when available [EAGLE_DEVICE]")
     p.add_argument("--dtype", default=env("EAGLE_DTYPE"), choices=["float32", "bfloat16", "float16"],
@@ -115,7 +118,7 @@ def local_menu(args: argparse.Namespace, limits) -> ModelMenu:
         sys.exit(problem)
     menu = ModelMenu(models, max_loaded=args.max_models, device=args.device or ("cuda" if ZERO_GPU else None),
                      dtype=args.dtype, load_8bit=args.load_8bit, limits=limits, attn=args.attn, cpu_int8=args.cpu_int8,
-                     quantize=args.quantize,
+                     quantize=args.quantize, compile_decode=args.compile,
                      # ZeroGPU lends a GPU per call: there is none to capture graphs on at start-up
                      use_cuda_graphs=False if ZERO_GPU else None)
     if ZERO_GPU:  # Spaces moves CUDA tensors made at import time onto the GPU it lends each call

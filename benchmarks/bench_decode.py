@@ -11,8 +11,8 @@ On a CPU the summary also gives the prefill in CPU_PREFILL_CHUNK steps against o
 (alternating), and, in the image mode, the first word's stages at the CPU's own tile default
 (`cpu_default`) beside those at 12 tiles (`first_word`).
 
---compile: the engine's decode step under torch.compile (dynamic shapes); the warm-up's time
-includes the compile.
+--compile: the engine's `compile_decode` (its decode step under torch.compile, captured as a CUDA
+graph; CUDA only: on a CPU the step stays eager); the load's time includes the compile.
 
 --text-tokens N: decode only, after a text prompt of about N tokens (no image), so the ratio to
 `generate` can be measured often on a CPU (1B, N=2000: a few minutes on 2 cores).
@@ -167,10 +167,8 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    if args.compile:  # dynamic: the attended length grows by one every step
-        engine.decoder._forward_one = torch.compile(engine.decoder._forward_one, dynamic=True)
     start = time.perf_counter()
-    last = engine_run(engine, message, 8)["gen"]  # warm-up, both sides (and the compile)
+    last = engine_run(engine, message, 8)["gen"]  # warm-up, both sides
     emit(stage="warm_up", seconds=round(time.perf_counter() - start, 1))
     generate_baseline(reference, last, 2)
     error = int8_error(engine, reference, last.prompt) if args.cpu_int8 else {}
@@ -205,7 +203,7 @@ def stages(gen) -> dict:
 
 def new_engine(path: Path, args, float32: bool = False) -> Engine:
     # a ~2k-token question is longer than one chat message may be (8,000 characters)
-    engine = Engine(str(path), device=args.device, cpu_int8=args.cpu_int8 and not float32,
+    engine = Engine(str(path), device=args.device, cpu_int8=args.cpu_int8 and not float32, compile_decode=args.compile,
                     limits=replace(LIMITS, max_prompt_chars=max(LIMITS.max_prompt_chars, 10 * args.text_tokens)))
     engine.load()
     engine.stop_ids = set()  # random weights may pick <|im_end|> at any step: always decode the full length

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--cpu-int8", action="store_true", help="dynamic int8 Linear layers on a CPU: faster, not exact")
     gen.add_argument("--quantize", choices=["int4", "int8"], default=None,
                      help="quantise the language model's weights at load (weight-only): less memory, not exact")
+    gen.add_argument("--compile", action="store_true",
+                     help="run the decode step under torch.compile, captured as a CUDA graph (CUDA only)")
     gen.add_argument("--json", action="store_true",
                      help="print only one JSON object at the end: text, prompt_token_ids, token_ids, num_tiles")
 
@@ -69,7 +71,7 @@ def _generate(args) -> int:
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
         seed=args.seed)
     engine = Engine(args.model, device=args.device, dtype=args.dtype, load_8bit=args.load_8bit,
-                    cpu_int8=args.cpu_int8, quantize=args.quantize)
+                    cpu_int8=args.cpu_int8, quantize=args.quantize, compile_decode=args.compile)
     engine.load()
     if args.max_tiles is None:
         settings = replace(settings, max_tiles=engine.cpu_default_tiles() or settings.max_tiles)

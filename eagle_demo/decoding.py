@@ -1,4 +1,5 @@
-"""The per-token machinery: one decode step (eager or a replayed CUDA graph), sampling, detokenising."""
+"""The per-token machinery: one decode step (eager, compiled, or either replayed as a CUDA graph),
+sampling, detokenising."""
 
 from __future__ import annotations
 
@@ -27,15 +28,19 @@ _CAPTURE_LOCK = threading.Lock()
 class Decoder:
     """Runs one-token steps of a Qwen2LM over its static KV cache.
 
-    On CUDA (or whenever graphs are asked for) a step attends over a bucketed span and replays the
-    span's captured graph, or runs the same step eagerly where the span has none. On CPU a step
+    On CUDA (or whenever graphs or compiling are asked for) a step attends over a bucketed span and
+    replays the span's captured graph, or runs the same step where the span has none. On CPU a step
     attends over the filled positions only: there are no kernel plans to reuse there.
+
+    compile_backend (torch.compile's, e.g. "inductor"): the step runs under torch.compile, compiled
+    once per span (its shapes never change), and a CUDA graph captures the compiled step. If
+    compiling fails, the step runs eagerly from then on, with a log line.
     """
 
-    def __init__(self, lm, cache, use_cuda_graphs: bool):
+    def __init__(self, lm, cache, use_cuda_graphs: bool, compile_backend=None):
         self.lm, self.cache = lm, cache
         self.device = cache.device
-        self.bucketed = use_cuda_graphs or self.device.type == "cuda"
+        self.bucketed = use_cuda_graphs or compile_backend is not None or self.device.type == "cuda"
         self.spans = [s for s in ATTEND_BUCKETS if s < cache.max_len] + [cache.max_len]
         kernel = filled_length_kernel(self.device, cache.k[0].dtype)
         self.attention = {span: FilledLength(kernel, span, self.device) for span in self.spans}
@@ -44,6 +49,7 @@ class Decoder:
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)  # 0: no prompt is cached yet
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.capture_failures = 0
+        self.compiled = _compiled_step(compile_backend, len(self.spans)) if compile_backend else None
         self.captures = use_cuda_graphs and not _syncs_with_host(lm)
         if use_cuda_graphs and not self.captures:
             log.info("bitsandbytes' 8-bit layers sync with the host, which a CUDA graph cannot hold; "
@@ -53,8 +59,17 @@ class Decoder:
                 break
 
     def _forward_one(self, token: torch.Tensor, pos: torch.Tensor, attention) -> torch.Tensor:
-        hidden = self.lm(self.lm.embed(token.view(1, 1)), pos, self.cache, attention)
-        return self.lm.logits(hidden[0, -1])
+        if self.compiled is not None:
+            try:
+                return self.compiled(self.lm, self.cache, token, pos, attention)
+            except Exception as e:
+                from torch._dynamo.exc import TorchDynamoException
+
+                if not isinstance(e, TorchDynamoException):  # the step's own error (a failed capture, memory)
+                    raise
+                _compile_failed(e)  # a backend or an op that cannot compile: the same step, eagerly
+                self.compiled = None
+        return _one_token(self.lm, self.cache, token, pos, attention)
 
     def step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
         """Feed `token` at position `pos`; return the logits for position `pos + 1`.
@@ -107,6 +122,31 @@ class Decoder:
             with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 logits = self._forward_one(self._token, self._pos, attention)
             self.graphs[span] = (graph, logits)
+
+
+def _one_token(lm, cache, token: torch.Tensor, pos: torch.Tensor, attention) -> torch.Tensor:
+    """The logits after feeding `token` [1] at position `pos` [1]; keys and values go into `cache`."""
+    hidden = lm(lm.embed(token.view(1, 1)), pos, cache, attention)
+    return lm.logits(hidden[0, -1])
+
+
+def _compiled_step(backend, spans: int):
+    """`_one_token` under torch.compile. Each span's step is compiled once (its own shapes), and so
+    are the steps of every other model loaded: torch.compile keeps its compiled variants per
+    function, so its limit of them is raised to hold these too rather than decode eagerly."""
+    import torch._dynamo.config
+
+    try:
+        compiled = torch.compile(_one_token, backend=backend, dynamic=False)
+    except Exception as e:  # e.g. a backend this PyTorch lacks
+        _compile_failed(e)
+        return None
+    torch._dynamo.config.recompile_limit += spans
+    return compiled
+
+
+def _compile_failed(e: Exception) -> None:
+    log.warning("compiling the decode step failed (%s: %s); decoding eagerly", type(e).__name__, e)
 
 
 def _syncs_with_host(lm) -> bool:

@@ -8,6 +8,7 @@ token per step until `<|im_end|>`, the token limit or a cancel).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from .model.attention import pin_attention_backends
 from .wait import CpuWait, WaitEstimate
 
 __all__ = ["Engine", "GenerationError", "Message"]
+log = logging.getLogger(__name__)
 
 
 def _step(report: Progress, start: float, end: float, label: str) -> Progress:
@@ -41,7 +43,8 @@ class Engine:
 
     def __init__(self, model: str, device: str | None = None, dtype: str | None = None,
                  load_8bit: bool = False, limits: Limits = LIMITS, use_cuda_graphs: bool | None = None,
-                 attn: str = "sdpa", cpu_int8: bool = False, quantize: str | None = None):
+                 attn: str = "sdpa", cpu_int8: bool = False, quantize: str | None = None,
+                 compile_decode: bool = False):
         self.model_name = model
         self.attn = attn
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,6 +55,7 @@ class Engine:
         self.weights: str | None = None  # "4-bit weights" once a model with such layers is loaded
         self.limits = limits
         self.use_cuda_graphs = self.device.startswith("cuda") if use_cuda_graphs is None else use_cuda_graphs
+        self.compile_decode = compile_decode  # the decode step under torch.compile, on CUDA (opt-in)
         self.status = "not loaded"
         self.model = None
         self.tokenizer = None
@@ -95,7 +99,8 @@ class Engine:
                 if self.device.startswith("cuda"):
                     pin_attention_backends()
                 cache = model.language_model.new_cache(self.context)
-                decoder = Decoder(model.language_model, cache, use_cuda_graphs=self.use_cuda_graphs)
+                decoder = Decoder(model.language_model, cache, use_cuda_graphs=self.use_cuda_graphs,
+                                  compile_backend=self._compile_backend())
             except Exception:
                 self.status = "not loaded (the last attempt failed)"
                 raise
@@ -109,6 +114,16 @@ class Engine:
             self.status = f"ready: {self.model_name} on {self.device}" + (f", {self.weights}" if self.weights else "")
             report(1.0, self.status)
             return True
+
+    def _compile_backend(self) -> str | None:
+        """torch.compile's backend for the decode step: inductor on CUDA when asked for. A CPU's step
+        stays eager: it attends over the filled positions only, which a compiled step could not."""
+        if not self.compile_decode:
+            return None
+        if not self.device.startswith("cuda"):
+            log.info("--compile applies to CUDA decoding; on %s the decode step runs eagerly", self.device)
+            return None
+        return "inductor"
 
     def _load_model(self, report: Progress):
         """The checkpoint fetched and loaded in this engine's layout, its tokenizer and special tokens."""

@@ -86,10 +86,17 @@ def test_a_cpu_engine_stores_wide_weights_input_major_and_keeps_the_tie(tiny_che
     mlp = lm.model.layers[0].mlp
     assert lm.lm_head.weight.stride() == (1, lm.config.vocab_size)  # seen [vocab, hidden], stored [hidden, vocab]
     assert lm.lm_head.weight is lm.model.embed_tokens.weight  # still one tied matrix
-    assert mlp.gate_proj.weight.stride()[0] == 1 and mlp.down_proj.weight.is_contiguous()  # down: fewer outputs
+    assert mlp.gate_up_proj.weight.stride()[0] == 1 and mlp.down_proj.weight.is_contiguous()  # down: fewer outputs
 
 
 def test_a_turn_runs_no_probe_on_its_way_to_the_answer(tiny_checkpoint):
     engine = Engine(str(tiny_checkpoint), device="cpu")
     list(engine.chat([Message("user", "Hi")], "", GenerationSettings(temperature=0.0, max_new_tokens=4)))
     assert engine.cpu_wait.probe_rates is None  # the probe waits until an estimate is asked for
+
+
+def test_compile_asked_for_on_a_cpu_keeps_its_eager_step(tiny_checkpoint):
+    """A CPU's step attends over the filled positions only; a compiled one would attend over fixed spans."""
+    engine = Engine(str(tiny_checkpoint), device="cpu", compile_decode=True)
+    engine.load()
+    assert engine.decoder.compiled is None and not engine.decoder.bucketed

@@ -9,7 +9,7 @@ from eagle_demo import decoding
 from eagle_demo.config import GenerationSettings
 from eagle_demo.decoding import Decoder
 from eagle_demo.engine import Engine, Message
-from eagle_demo.model.qwen2 import MLP
+from eagle_demo.model.qwen2 import MLP, Qwen2LM
 from tests.cuda_emulation import HostReadCounter, fused_attention_layout, install_cuda_graphs
 
 GREEDY = GenerationSettings(temperature=0.0, max_tiles=1, repetition_penalty=1.0)
@@ -52,28 +52,65 @@ def test_fused_attention_layout_gives_the_same_tokens_as_contiguous(tiny_checkpo
 
 @pytest.fixture(scope="module")
 def eager_answers(tiny_checkpoint, image):
-    """CPU decoding (no spans, no graphs), contiguous layout: what every other variant must equal."""
-    return three_turns(no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu")), image)
+    """CPU decoding (no spans, no graphs), contiguous layout, q, k, v and gate, up left as the checkpoint
+    has them: what every other variant must equal."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Qwen2LM, "fuse_projections", lambda lm: None)
+        engine = no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu"))
+    assert not engine.model.language_model.model.layers[0].self_attn.fused
+    return three_turns(engine, image)
+
+
+def compiled(engine: Engine, backend, use_cuda_graphs: bool) -> Engine:
+    """The engine's decoder rebuilt with its step under torch.compile (aot_eager: its graph, traced as
+    inductor's is, run by PyTorch's own kernels, in seconds on a CPU)."""
+    runner = engine.runner
+    runner.decoder = Decoder(engine.model.language_model, runner.decoder.cache, use_cuda_graphs, backend)
+    return engine
 
 
 @pytest.mark.usefixtures("sdpa_layout")
-@pytest.mark.parametrize("variant", ["captured", "bucketed eager"])
+@pytest.mark.parametrize("variant", ["fused", "captured", "bucketed eager", "compiled", "compiled and captured"])
 def test_each_decode_variant_equals_eager_across_bucket_boundaries(tiny_checkpoint, image, eager_answers,
                                                                     monkeypatch, variant):
-    """Greedy, three turns reusing the KV cache. "bucketed eager" is a CUDA step where no graph could be
-    captured (here: no CUDA at all, so every capture fails and is retried until it gives up)."""
-    fake = install_cuda_graphs(monkeypatch) if variant == "captured" else None
+    """Greedy, three turns reusing the KV cache; every variant with its projections fused, as they load.
+    "fused" is the CPU's own step; "bucketed eager" is a CUDA step where no graph could be captured (here:
+    no CUDA at all, so every capture fails and is retried until it gives up); "compiled" is ZeroGPU's
+    (no graphs there), "compiled and captured" `--compile` on a GPU."""
+    fake = install_cuda_graphs(monkeypatch) if "captured" in variant else None
     # An image turn is ~290 tokens: these spans are crossed while decoding turns 1, 2 and 3.
     monkeypatch.setattr(decoding, "ATTEND_BUCKETS", (300, 400, 600))
-    engine = no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu", use_cuda_graphs=True))
+    engine = no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu", use_cuda_graphs=variant != "fused"))
+    if variant.startswith("compiled"):
+        compiled(engine, "aot_eager", use_cuda_graphs=fake is not None)
+    assert engine.model.language_model.model.layers[0].mlp.fused
     assert three_turns(engine, image) == eager_answers
-    if fake is None:
-        assert engine.decoder.graphs == {} and engine.decoder.capture_failures == decoding.CAPTURE_TRIES
+    decoder = engine.decoder
+    assert (decoder.compiled is not None) == variant.startswith("compiled")
+    if variant in ("fused", "compiled"):
+        assert decoder.graphs == {}
         return
-    assert sorted(engine.decoder.graphs) == [300, 400, 600, engine.context]
-    replayed = {span for span, (graph, _) in engine.decoder.graphs.items() if graph.replays}
+    if fake is None:
+        assert decoder.graphs == {} and decoder.capture_failures == decoding.CAPTURE_TRIES
+        return
+    assert sorted(decoder.graphs) == [300, 400, 600, engine.context]
+    replayed = {span for span, (graph, _) in decoder.graphs.items() if graph.replays}
     assert replayed >= {300, 400, 600}  # each boundary crossed mid-answer
     assert fake.current_stream() is fake.default_stream
+
+
+def test_a_step_that_cannot_compile_decodes_eagerly(tiny_checkpoint, image, eager_answers, caplog):
+    """A compiler that fails (a missing toolchain, an op it cannot take): the answer is the eager one,
+    and the log says why."""
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch.compiler.reset()  # the step compiled by earlier tests would be reused: torch.compile keeps it per function
+    engine = compiled(no_stop_tokens(Engine(str(tiny_checkpoint), device="cpu")), failing_backend, False)
+    with caplog.at_level("WARNING", logger="eagle_demo.decoding"):
+        assert three_turns(engine, image, (40, 5, 5))[0] == eager_answers[0]
+    assert engine.decoder.compiled is None
+    assert "compiling the decode step failed" in caplog.text and "decoding eagerly" in caplog.text
 
 
 def test_a_capture_beside_another_threads_device_work_succeeds(tiny_checkpoint, monkeypatch):

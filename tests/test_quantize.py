@@ -100,6 +100,22 @@ def test_compressed_tensors_reads_the_export_back(exported, layout):
     assert config == json.loads((original / "config.json").read_text())
 
 
+def test_a_fused_layer_quantises_to_the_values_of_its_parts():
+    """--quantize quantises q, k, v as one layer: scales per output row and per group of inputs (int4),
+    or per output row (int8), so the fused layer holds exactly the values its parts would."""
+    parts = [nn.Linear(256, out, bias=True) for out in (64, 32, 32)]
+    fused = nn.Linear(256, 128, bias=True)
+    fused.weight.data, fused.bias.data = torch.cat([p.weight for p in parts]), torch.cat([p.bias for p in parts])
+    one = Int4Linear.from_float(fused, 128)
+    q, scale, _ = one.values()
+    separate = [Int4Linear.from_float(p, 128).values() for p in parts]
+    assert torch.equal(q, torch.cat([v[0] for v in separate]))
+    assert torch.equal(scale, torch.cat([v[1] for v in separate]))
+    int8 = Int8Linear(fused)
+    assert torch.equal(int8.weight, torch.cat([Int8Linear(p).weight for p in parts]))
+    assert torch.equal(int8.scale, torch.cat([Int8Linear(p).scale for p in parts]))
+
+
 def test_values_pack_in_compressed_tensors_own_order():
     q = torch.randint(-8, 8, (48, 96), dtype=torch.int8)
     assert torch.equal(pack(q), pack_to_int32(q, 4))
@@ -165,7 +181,8 @@ def test_quantize_at_load_makes_weight_only_layers_close_to_float(exported, bits
     engine = Engine(str(original), device="cpu", quantize=bits)
     engine.load()
     kind = Int4Linear if bits == "int4" else Int8Linear
-    assert sum(isinstance(m, kind) for m in engine.model.modules()) == 14  # 7 per decoder layer, 2 layers
+    # 4 per decoder layer (q, k, v fused as they load, and gate, up), 2 layers
+    assert sum(isinstance(m, kind) for m in engine.model.modules()) == 8
     assert isinstance(engine.model.language_model.lm_head, nn.Linear)
     assert engine.status.endswith(f", {engine.weights}") and engine.weights == f"{bits[3:]}-bit weights"
     expected, got = text_logits(load_eagle2(original), PROMPT), text_logits(engine.model, PROMPT)

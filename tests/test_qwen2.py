@@ -14,13 +14,21 @@ DIMS = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_laye
             num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=512)
 
 
-@pytest.fixture(scope="module")
-def pair():
+@pytest.fixture(scope="module", params=["as the checkpoint", "fused"])
+def pair(request):
+    """transformers' model and ours with its weights: its layers as the checkpoint has them, or with
+    q, k and v (and gate and up) fused, as they load; its state_dict is the checkpoint's either way."""
     torch.manual_seed(0)
     reference = Qwen2ForCausalLM(Qwen2Config(**DIMS, tie_word_embeddings=False)).eval()
     ours = Qwen2LM(TextConfig(**DIMS, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)).eval()
     missing, unexpected = ours.load_state_dict(reference.state_dict(), strict=False)
     assert not missing and not unexpected
+    if request.param == "fused":
+        ours.fuse_projections()
+        assert ours.model.layers[0].self_attn.fused and ours.model.layers[0].mlp.fused
+        expected = {key: value for key, value in reference.state_dict().items() if "rotary" not in key}
+        assert ours.state_dict().keys() == expected.keys()
+        assert all(torch.equal(ours.state_dict()[key], value) for key, value in expected.items())
     return reference, ours
 
 
@@ -78,4 +86,4 @@ def test_a_follow_up_at_16k_context_makes_no_mask(pair):
     largest = LargestTensor()
     with largest:
         ours(torch.randn(1, new, DIMS["hidden_size"]), torch.arange(context - new, context), cache)
-    assert largest.numel <= new * DIMS["intermediate_size"]  # the MLP's activations
+    assert largest.numel <= new * 2 * DIMS["intermediate_size"]  # the MLP's gate and up activations

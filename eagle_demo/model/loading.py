@@ -327,6 +327,7 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
                     tensor = handle.get_tensor(key)
                     state[model_keys[key]] = tensor.to(load_device, dtype if tensor.is_floating_point() else None)
     model.load_state_dict(state, strict=False, assign=True)
+    del state  # the fused layers below replace the loaded ones: one layer's parts at a time in memory
 
     lm = model.language_model
     embed = lm.model.embed_tokens.weight
@@ -336,6 +337,7 @@ def load_eagle2(path_or_id: str | Path, device="cpu", dtype: torch.dtype | None 
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a module that made a tensor in __init__ no checkpoint holds: compute it after load
         raise AssertionError(f"not loaded or computed after load: {', '.join(left[:5])}")
+    lm.fuse_projections()  # before any quantising: a --quantize or --load-8bit layer is then made of the fused one
     for module in model.modules():
         if isinstance(module, Int4Linear):
             module.prepare()

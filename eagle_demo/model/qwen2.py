@@ -1,10 +1,11 @@
 """Qwen2 language model with a static KV cache (the LLM half of every Eagle2 checkpoint).
 
 Attribute names follow the checkpoint (`model.layers.0.self_attn.q_proj.weight`, ...), so weights
-load one to one. The forward pass takes embeddings rather than ids because image features are
-spliced into the sequence before the model sees it. How the queries attend over the cache is the
-caller's `attention` (model/attention.py); with `FilledLength` every shape depends only on the input
-length, never on tensor values, so a one-token step can be captured as a CUDA graph.
+load one to one; at load, q, k and v (and gate and up) are then fused into one layer each (`Fusable`).
+The forward pass takes embeddings rather than ids because image features are spliced into the
+sequence before the model sees it. How the queries attend over the cache is the caller's `attention`
+(model/attention.py); with `FilledLength` every shape depends only on the input length, never on
+tensor values, so a one-token step can be captured as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -60,7 +61,74 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-class Attention(nn.Module):
+class Fusable(nn.Module):
+    """A module whose Linear layers `parts` read the same input: built as the checkpoint names them,
+    then `fuse()`d at load into one layer `fused_name`, one matrix product instead of several.
+
+    Only dense float layers fuse; any others (a packed 4-bit checkpoint's) stay as loaded. A fused
+    module's state_dict still speaks the checkpoint's names and shapes, and it loads them, so what
+    is saved, compared with transformers or written as a checkpoint never sees the fused layout.
+    """
+
+    parts: tuple[str, ...]
+    fused_name: str
+
+    def __init__(self):
+        super().__init__()
+        self.fused = False
+
+    def fuse(self) -> None:
+        layers = [getattr(self, name) for name in self.parts]
+        if self.fused or not all(type(layer) is nn.Linear for layer in layers):
+            return
+        first = layers[0]
+        fused = nn.Linear(first.in_features, sum(layer.out_features for layer in layers),
+                          bias=first.bias is not None, device="meta")
+        fused.weight = nn.Parameter(torch.cat([layer.weight for layer in layers]), requires_grad=False)
+        if first.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([layer.bias for layer in layers]), requires_grad=False)
+        for name in self.parts:
+            delattr(self, name)
+        setattr(self, self.fused_name, fused)
+        self.sizes = [layer.out_features for layer in layers]
+        self.fused = True
+        self.register_state_dict_post_hook(_split_fused)
+        self.register_load_state_dict_pre_hook(_join_parts)
+
+    def project(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each part's output for `x`, in `parts`' order."""
+        if self.fused:
+            return getattr(self, self.fused_name)(x).split(self.sizes, dim=-1)
+        return [getattr(self, name)(x) for name in self.parts]
+
+
+def _dense_fused(module: Fusable) -> bool:
+    """A fused layer still dense: quantised since (--quantize, --cpu-int8, 8-bit), its state is its own."""
+    return type(getattr(module, module.fused_name)) is nn.Linear
+
+
+def _split_fused(module: Fusable, state: dict, prefix: str, local_metadata) -> None:
+    if not _dense_fused(module):
+        return
+    for suffix in ("weight", "bias"):
+        fused = state.pop(f"{prefix}{module.fused_name}.{suffix}", None)
+        if fused is not None:
+            parts = fused.split(module.sizes)
+            state.update((f"{prefix}{name}.{suffix}", part) for name, part in zip(module.parts, parts))
+
+
+def _join_parts(module: Fusable, state: dict, prefix: str, *args) -> None:
+    if not _dense_fused(module):
+        return
+    for suffix in ("weight", "bias"):
+        keys = [f"{prefix}{name}.{suffix}" for name in module.parts]
+        if all(key in state for key in keys):
+            state[f"{prefix}{module.fused_name}.{suffix}"] = torch.cat([state.pop(key) for key in keys])
+
+
+class Attention(Fusable):
+    parts, fused_name = ("q_proj", "k_proj", "v_proj"), "qkv_proj"
+
     def __init__(self, cfg: TextConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -72,9 +140,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, input_pos, cache: KVCache, attention: AttendFn):
         b, length, _ = x.shape
-        q = self.q_proj(x).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(b, length, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k_all, v_all = cache.k[self.layer_idx], cache.v[self.layer_idx]
@@ -83,7 +152,9 @@ class Attention(nn.Module):
         return self.o_proj(attention(q, k_all, v_all))
 
 
-class MLP(nn.Module):
+class MLP(Fusable):
+    parts, fused_name = ("gate_proj", "up_proj"), "gate_up_proj"
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
@@ -91,7 +162,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.project(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -132,6 +204,13 @@ class Qwen2LM(nn.Module):
         """Compute the buffers no checkpoint stores (RoPE frequencies) on the weights' device: a
         model built on the meta device has only placeholders for them."""
         self.inv_freq = self._rope_frequencies(self.lm_head.weight.device)
+
+    def fuse_projections(self) -> None:
+        """Join each layer's q, k and v projections, and its gate and up ones, into one Linear layer
+        each (where they are dense): a decode step then launches 4 matrix products a layer, not 7."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def new_cache(self, max_len: int) -> KVCache:
         weight = self.model.embed_tokens.weight
