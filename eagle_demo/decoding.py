@@ -50,10 +50,7 @@ class Decoder:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.capture_failures = 0
         self.compiled = _compiled_step(compile_backend, len(self.spans)) if compile_backend else None
-        self.captures = use_cuda_graphs and not _syncs_with_host(lm)
-        if use_cuda_graphs and not self.captures:
-            log.info("bitsandbytes' 8-bit layers sync with the host, which a CUDA graph cannot hold; "
-                     "decoding eagerly")
+        self.captures = use_cuda_graphs
         for span in self.spans if self.captures else ():
             if not self._capture(span):
                 break
@@ -147,11 +144,6 @@ def _compiled_step(backend, spans: int):
 
 def _compile_failed(e: Exception) -> None:
     log.warning("compiling the decode step failed (%s: %s); decoding eagerly", type(e).__name__, e)
-
-
-def _syncs_with_host(lm) -> bool:
-    """True for bitsandbytes' LLM.int8 layers: their outlier detection reads values on the host."""
-    return any(type(m).__name__ == "Linear8bitLt" for m in lm.modules())
 
 
 class HostToken:

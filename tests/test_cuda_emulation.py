@@ -145,7 +145,7 @@ def test_a_failed_capture_is_retried_and_then_replayed(tiny_checkpoint, image, e
 
 
 def test_a_capture_that_reads_the_host_falls_back_to_eager_on_the_callers_stream(tiny_checkpoint, monkeypatch):
-    """As bitsandbytes' int8 layers do: a host read inside the step invalidates the capture, and
+    """A layer that reads a value on the host inside the step invalidates the capture, and
     torch.cuda.graph's exit then leaves the thread on the capture stream unless the caller restores it."""
     engine = Engine(str(tiny_checkpoint), device="cpu")
     engine.load()
