@@ -113,9 +113,17 @@ def more_settings(page):
 
 
 def set_seed(page, value: str):
+    """Type the Seed and leave the field (its check runs on blur). Typed again if the field lost it:
+    right after an answer ends the page sometimes drops a value typed into it (seen once in six runs;
+    cause not found, kept open in the notes of issue 18)."""
     more_settings(page)
-    page.get_by_label("Seed").fill(value)
-    page.get_by_label("Seed").press("Tab")
+    seed = page.get_by_label("Seed")
+    for _ in range(3):
+        seed.fill(value)
+        seed.press("Tab")
+        page.wait_for_timeout(300)
+        if seed.input_value() == value:
+            return
 
 
 def ask(page, text: str):
