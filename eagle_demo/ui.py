@@ -335,18 +335,17 @@ class _Wiring:
     def buttons(self, asked: list) -> tuple:
         """Stop (the message box's, while an answer streams), Undo and Clear (the buttons and the chat's
         own icons), a like. Stop, Undo and Clear tell the running answer (it ends after its token),
-        and gradio closes the handler too. They are queued (never waiting: no limit) so that their
-        reply reaches the page on the session's one event stream, after every update the answer sent
-        before them; a direct reply could arrive first and be overwritten. The example's answer is
-        not in `cancels`: listed there, Stop often did nothing at all; the handlers end it."""
+        and gradio closes the handler too. The example's answer is not in `cancels`: listed there,
+        Stop often did nothing at all; the handlers end it."""
         p, app, chat = self.p, self.app, self.p.chatbot
         generating = [event for i, event in enumerate(asked) if i != 1]
-        ordered = dict(cancels=generating, concurrency_limit=None, **PRIVATE)
-        halted = p.box.stop(app.stop, [chat, p.records], [chat, p.answering, p.records], **ordered)
-        undone = [trigger(app.undo, chat, [chat, p.box, p.gallery, p.video, p.answering], **ordered)
-                  for trigger in (p.buttons["undo"].click, chat.undo)]
-        cleared = [trigger(app.clear, None, [chat, p.buttons["export"], p.answering, p.records, p.chat_id], **ordered)
-                   for trigger in (p.buttons["clear"].click, chat.clear)]
+        halted = p.box.stop(app.stop, [chat, p.records], [chat, p.answering, p.records], cancels=generating,
+                            queue=False, **PRIVATE)
+        undone = [trigger(app.undo, chat, [chat, p.box, p.gallery, p.video, p.answering], cancels=generating,
+                          queue=False, **PRIVATE) for trigger in (p.buttons["undo"].click, chat.undo)]
+        cleared = [trigger(app.clear, None, [chat, p.buttons["export"], p.answering, p.records, p.chat_id],
+                           cancels=generating, queue=False, **PRIVATE) for trigger in (p.buttons["clear"].click,
+                                                                                      chat.clear)]
         rated = chat.like(app.rate, [chat, p.records], p.records, queue=False, **PRIVATE)
         return halted, undone, cleared, rated
 

