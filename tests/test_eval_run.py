@@ -132,14 +132,17 @@ def test_records_hold_the_prompt_of_the_preset(name, sizes, max_tiles, model, tm
 
 
 def test_ctrl_c_keeps_what_is_done_and_a_rerun_answers_the_rest(model, tmp_path):
-    """Interrupted once the first record is written (each item has 5 tiles and 48 tokens to write: the
+    """Interrupted once the first record is written (each item has 5 tiles and 16 tokens to write: the
     other two take seconds, and the one in flight stops at its next token)."""
     sizes = [(350 + 8 * i, 400) for i in range(4)]
     data = write_tsv(tmp_path / "ChartQA_TEST.tsv", chartqa_rows(sizes))
     out = tmp_path / "results"
     command = [sys.executable, "-m", "eagle_demo", "eval", "run", "--benchmark", "ChartQA_TEST", "--data", str(data),
-               "--model", str(model), "--out", str(out), "--max-new-tokens", "48", "--limit", "3"]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               "--model", str(model), "--out", str(out), "--max-new-tokens", "16", "--limit", "3"]
+    # Ctrl-C as a terminal sends it: the child starts with SIGINT's default action, which a parent
+    # started in the background (as a test runner may be) would otherwise pass on as ignored
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "ChartQA_TEST.jsonl"
     deadline = time.monotonic() + 120
     while not (results.exists() and results.read_text().count("\n") >= 1) and time.monotonic() < deadline:
