@@ -414,6 +414,9 @@ def test_stop_ends_an_answer_begun_from_an_example_card(small_page, small_app): 
     seen = len(small_app.recorder.generations)
     small_page.locator("#chat").get_by_text("What happens in this video?").first.click()
     small_page.wait_for_function("() => document.querySelectorAll('#chat [data-testid=bot]').length > 0")
+    deadline = time.monotonic() + 30  # the bubble shows the video being read before the decode begins
+    while len(small_app.recorder.generations) <= seen and time.monotonic() < deadline:
+        time.sleep(0.05)
     generation = small_app.recorder.generations[seen]
     small_page.locator(STOP).click()
     assert generation.cancel.wait(timeout=10), "Stop did not cancel the decode"
