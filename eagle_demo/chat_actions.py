@@ -52,11 +52,12 @@ from .records import OutputFiles, exported, recorded
 BUSY_SENDING = "The answer is still coming. Wait for it, or press Stop, then send again; your text stays in the box."
 BUSY = "The answer is still coming. Wait for it, or press Stop first."
 CONTINUE_ASKED = "Continue."
+STATUS_POLL_S = 0.5
+HALTS_KEPT = 1000  # sessions whose latest answer Stop can still find
 # the page redraws the whole answer for each update: one per token at a fast model's rate keeps the
 # browser so busy that a click on Stop waits for the answer's end; ~12 a second reads smoothly. A
-# long answer costs more to redraw (a phone's browser, or one beside the model on a small CPU, falls
-# behind and slows the model too): its updates come less often, down to one a second at 16,000
-# characters.
+# long answer costs more to redraw (a phone's browser, or one sharing a small CPU with the model,
+# falls behind): its updates come less often, down to one a second at 16,000 characters.
 PAGE_UPDATE_INTERVAL_S = 0.08
 PAGE_UPDATE_CHARS_PER_S = 16_000
 
@@ -64,8 +65,6 @@ PAGE_UPDATE_CHARS_PER_S = 16_000
 def page_update_interval(text: str) -> float:
     """Seconds between two updates of an answer that reads `text` so far."""
     return min(1.0, max(PAGE_UPDATE_INTERVAL_S, len(text) / PAGE_UPDATE_CHARS_PER_S))
-STATUS_POLL_S = 0.5
-HALTS_KEPT = 1000  # sessions whose latest answer Stop can still find
 
 
 def annotate(answer: str, turns: list[Message], files: OutputFiles) -> str | None:
