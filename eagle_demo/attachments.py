@@ -77,14 +77,15 @@ class Attachments:
     def check_gallery(self, images, video, history: list[dict], warned: list[str] | None):
         """The gallery after any change (an upload, a removal): each new image checked, a refused one out
         at once, the rest numbered. Unchanged when all is in order (its own update changes it again).
-        Numbered images were taken already and stay: a video added later that finds no room is the one
-        refused (by check_video), never an image that waits."""
+        Numbered images were taken already and keep their room: a video added later that finds none is
+        the one refused (by check_video), never an image that waits. Each is still checked: under load
+        an upload's events can cross, and a refused file was once seen numbered."""
         items = list(images or [])
         seen = set(warned or []) & {item[0] for item in items}  # a file removed, then added again, is told again
-        taken = [item for item in items if item[1]]
+        taken = self._checked_images([item[0] for item in items if item[1]], history, 0, seen)
         new = [item[0] for item in items if not item[1]]
-        kept = set(self._checked_images(new, history, len(taken) + bool(video), seen))
-        update = self.gallery_update(history, video, [item for item in items if item[1] or item[0] in kept])
+        kept = set(taken) | set(self._checked_images(new, history, len(taken) + bool(video), seen))
+        update = self.gallery_update(history, video, [item for item in items if item[0] in kept])
         in_order = [tuple(item) for item in items] == list(update.get("value") or [])
         return gr.skip() if in_order else update, sorted(seen)
 
