@@ -86,7 +86,11 @@ CSS = """
   .gradio-container > .main {padding: 6px 8px !important;}
   #top {flex-wrap: wrap; row-gap: 2px;}
   #title {flex: 1 0 100% !important;}
-  #title h1 {font-size: 1rem;}
+  #title h1 {font-size: 0.95rem; white-space: normal;}
+  /* the upload labels whole in half a phone's width: a smaller font, no icon */
+  #uploads [data-testid=block-label] {font-size: 0.7rem; font-weight: 500; letter-spacing: -0.01em;
+                                      padding-left: 4px; padding-right: 4px; max-width: 100%;}
+  #uploads [data-testid=block-label] > span:has(svg) {display: none;}
   #chat {height: calc(100dvh - 370px) !important; min-height: 220px;}
   #chat .examples {grid-template-columns: 1fr 1fr;}
   #chat .example-image {width: 24px; height: 24px;}
@@ -156,6 +160,25 @@ _SCRIPT = r"""
     field.value = JSON.stringify({question, text: area.value, at: Date.now()});
     field.dispatchEvent(new Event('input', {bubbles: true}));
     document.querySelector('#chat button[aria-label=Cancel]')?.click();
+  }, true);
+  // A number typed outside a setting's range is told at once (the setting's own check). On leaving
+  // the field it goes back to the last value in range: gradio's slider would clamp it to the bound,
+  // and 99999999 new tokens would quietly become a 4,096-token answer. (Capture phase: before the
+  // slider's own blur handler.)
+  const inRange = input => input.value.trim() !== '' && Number.isFinite(Number(input.value))
+    && (input.min === '' || Number(input.value) >= Number(input.min))
+    && (input.max === '' || Number(input.value) <= Number(input.max));
+  const isNumber = node => node instanceof HTMLInputElement && node.type === 'number';
+  const keep = event => {
+    if (isNumber(event.target) && inRange(event.target)) event.target.dataset.inRange = event.target.value;
+  };
+  document.addEventListener('focus', keep, true);
+  document.addEventListener('input', keep, true);
+  document.addEventListener('blur', event => {
+    const input = event.target;
+    if (!isNumber(input) || inRange(input) || input.dataset.inRange === undefined) return;
+    input.value = input.dataset.inRange;
+    input.dispatchEvent(new Event('input', {bubbles: true}));
   }, true);
   // gradio's client closes its event stream through a stub that logs this notice each time
   const warn = console.warn.bind(console);

@@ -252,6 +252,19 @@ def test_a_bad_setting_is_refused_with_the_question_kept_and_the_session_goes_on
     assert not [t for t in page.evaluate(TOASTS) if "still coming" in t]
 
 
+def test_a_number_typed_out_of_range_is_told_and_goes_back_to_the_last_one_in_range(page, app):
+    """Page audit: 99999999 typed into Max new tokens was told, then clamped to 4,096 by the slider
+    when the field was left, and the next question asked for 4,096 tokens."""
+    set_number(page, "Max new tokens", 3)
+    field = page.get_by_label("number input for Max new tokens")
+    field.fill("99999999")
+    toast(page, "Max new tokens must be a whole number from 1 to 4,096.")
+    ask(page, "What is this?")  # the field is left
+    ended(page, 1)
+    assert field.input_value() == "3"
+    assert len(app.recorder.generations[-1].token_ids) <= 3
+
+
 def test_after_a_refused_setting_nothing_seems_to_run_and_the_trash_icon_empties_the_buttons(page, app):
     """Broken point (buttons): after a refused setting no Stop is offered and Retry is, as nothing
     runs; the chat's own trash icon leaves Retry, Undo and Export disabled."""
