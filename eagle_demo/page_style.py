@@ -1,7 +1,8 @@
 """How the page looks and the little it does in the browser itself: the theme (NVIDIA green, text
 colours that pass WCAG AA in light and dark), the CSS that keeps the chat, the message box and
-its buttons on the first screen, and the script that names the message box for screen readers and
-holds back an upload of more files than a chat holds (the server refuses such an upload whole).
+its buttons on the first screen, and the script that names the message box for screen readers,
+holds back an upload of more files than a chat holds (the server refuses such an upload whole), and
+puts a number typed out of a setting's range back to the last one in range (never the bound).
 """
 
 from __future__ import annotations
