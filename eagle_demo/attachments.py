@@ -47,6 +47,18 @@ class Attachments:
     def _room(self, history: list[dict], waiting: int) -> int:
         return self.limits.max_images_per_conversation - self.in_chat(history) - waiting
 
+    def readable(self, paths: list[str]) -> list[str]:
+        """Of `paths`, the images this app can open. A refused upload can cross its refusal and come
+        back to the gallery under load; sent, it would end the turn as "Could not answer"."""
+        kept = []
+        for path in paths:
+            try:
+                media.image_size(path, self.limits)
+            except media.MediaError:
+                continue
+            kept.append(path)
+        return kept
+
     def _full(self, names: list[str]) -> str:
         listed = ", ".join(names)
         return (f"{listed} {'was' if len(names) == 1 else 'were'} not added: a chat holds "

@@ -153,7 +153,7 @@ class ChatActions:
         setting is out of range; the answer then does not start."""
         self._may_ask(answering, model, settings, BUSY_SENDING)
         text = (box or {}).get("text") or ""
-        images = [item[0] for item in images or []]
+        images = self.attachments.readable([item[0] for item in images or []])  # refused ones were told
         if (box or {}).get("files"):  # not yet moved to the gallery: sent as they are
             images += [f for f in box["files"] if isinstance(f, str) and not is_video(f)]
         if not (text.strip() or images or video):

@@ -4,6 +4,7 @@ Most tests call the command's `main` in this process (a new Python would spend ~
 for each); the text-only answer, the corrupt image and the offline hub model go through `python -m eagle_demo`."""
 
 import json
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -95,4 +96,5 @@ def test_unknown_model_offline_fails_cleanly(files, monkeypatch):
 def test_a_cpu_run_states_its_expected_wait_on_stderr(cli, files):
     done = generate(cli, files, "--prompt", "What is this?", "--image", files["wide"], "--json")
     tiles = sum(json.loads(done.stdout)["num_tiles"])
-    assert f"First word in about 1 s on this CPU ({tiles} image tiles, " in done.stderr
+    # the seconds follow this process's measured pace (other tests' turns, a busy machine): not asserted
+    assert re.search(rf"^First word in about \d+ s on this CPU \({tiles} image tiles, ", done.stderr), done.stderr
