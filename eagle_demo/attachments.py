@@ -47,17 +47,18 @@ class Attachments:
     def _room(self, history: list[dict], waiting: int) -> int:
         return self.limits.max_images_per_conversation - self.in_chat(history) - waiting
 
+    def _problem(self, path: str) -> media.MediaError | None:
+        """Why the image at `path` cannot be taken (it does not open, or is over the limits), if so."""
+        try:
+            media.image_size(path, self.limits)
+        except media.MediaError as e:
+            return e
+        return None
+
     def readable(self, paths: list[str]) -> list[str]:
         """Of `paths`, the images this app can open. A refused upload can cross its refusal and come
         back to the gallery under load; sent, it would end the turn as "Could not answer"."""
-        kept = []
-        for path in paths:
-            try:
-                media.image_size(path, self.limits)
-            except media.MediaError:
-                continue
-            kept.append(path)
-        return kept
+        return [path for path in paths if self._problem(path) is None]
 
     def _full(self, names: list[str]) -> str:
         listed = ", ".join(names)
@@ -71,12 +72,10 @@ class Attachments:
         kept, unreadable, no_room = [], [], []
         room = self._room(history, waiting)
         for path in paths:
-            try:
-                media.image_size(path, self.limits)
-            except media.MediaError as e:
-                unreadable.append((path, e))
-                continue
-            (kept if len(kept) < room else no_room).append(path)
+            if (problem := self._problem(path)) is not None:
+                unreadable.append((path, problem))
+            else:
+                (kept if len(kept) < room else no_room).append(path)
         for path, problem in unreadable:
             if path not in warned:
                 gr.Warning(f"{problem} It was not added.")
