@@ -135,7 +135,7 @@ def test_the_export_loads_with_4bit_layers_that_compute_its_weights(exported, la
     assert not any(isinstance(m, nn.Linear) for name, m in model.named_modules() if ".layers." in name
                    and "language_model" in name)
     for rows in (5, CPU_KERNEL_ROWS):  # a decode step (the int4 kernel), a prompt (the dequantised weight)
-        x = torch.randn(rows, next(iter(int4.values())).in_features)
+        x = torch.randn(rows, next(iter(int4.values())).in_features, generator=torch.Generator().manual_seed(rows))
         for name, layer in int4.items():
             if layer.in_features == x.shape[1]:
                 expected = nn.functional.linear(x, restored[f"{name}.weight"], layer.bias)
@@ -259,10 +259,12 @@ def test_asymmetric_layers_packed_by_compressed_tensors_load_with_their_zero_poi
     expected = PackedQuantizationCompressor.decompress(packed, scheme)["weight"].float()
     layer = Int4Linear(96, 64, GROUP, bias=False, symmetric=False)
     layer.load_state_dict(packed, assign=True)
-    x = torch.randn(3, 96)
-    tolerance = dict(rtol=0.02, atol=0.02 * expected.abs().max().item())
-    torch.testing.assert_close(layer(x), x @ expected.t(), **tolerance)  # no kernel yet: the dequantised weight
-    torch.testing.assert_close(layer.prepare()(x), x @ expected.t(), **tolerance)  # PyTorch's CPU int4 kernel
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(2))
+    # Both paths compute in bf16: each output may be off by a few bf16 steps of the sum of |x·w|
+    # (300 seeds: at most 0.0023 of it). A bound on the weights alone failed for some inputs.
+    bound = 2**-7 * (x.abs() @ expected.abs().t())
+    assert ((layer(x) - x @ expected.t()).abs() <= bound).all()  # no kernel yet: the dequantised weight
+    assert ((layer.prepare()(x) - x @ expected.t()).abs() <= bound).all()  # PyTorch's CPU int4 kernel
     assert layer.kernel == "cpu"
 
 
