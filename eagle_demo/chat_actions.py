@@ -81,12 +81,12 @@ def annotate(answer: str, turns: list[Message], files: OutputFiles) -> str | Non
 
 
 class _Halt(threading.Event):
-    """A page answer's end, asked for by Stop (`keep`: the answer so far stays, marked stopped) or
-    by Undo or Clear (it goes). It knows what the answer is made with, for a stopped answer's record."""
+    """A page answer's end, asked for by Stop, Undo or Clear. It knows what the answer is made with,
+    for a stopped answer's record."""
 
     def __init__(self, made_with: dict):
         super().__init__()
-        self.keep, self.made_with, self.tokens = True, made_with, 0
+        self.made_with, self.tokens = made_with, 0
 
 
 class ChatActions:
@@ -250,12 +250,8 @@ class ChatActions:
         # closing: Stop closes this generator, and that must reach the decode at once
         with closing(self.answers.stream(turns, model, system, settings)) as updates:
             for update in updates:
-                if stop.is_set():  # the same chat as Stop's (or Undo's, Clear's) reply, whichever comes last
-                    if not stop.keep:
-                        yield gr.skip(), self.status(model), False, gr.skip()
-                        return
-                    shown = stopped(history + ([answer_message(text)] if text else []))
-                    yield shown, self.status(model), False, self._stopped_record(shown, records, stop)
+                if stop.is_set():  # Stop's, Undo's or Clear's reply holds the chat now (see `settle`)
+                    yield gr.skip(), self.status(model), False, gr.skip()
                     return
                 if update.error is not None:  # the answer's failure, shown in the chat (a UserError's words)
                     kept = [answer_message(text)] if text else []
@@ -290,19 +286,26 @@ class ChatActions:
         return history + [answer_message(text, drawn, footer, cut=cut)], self.status(model), False, records
 
     # ------------------------------------------------------------------ the chat's buttons
-    def _halt(self, request: gr.Request | None, keep: bool) -> _Halt | None:
+    def _halt(self, request: gr.Request | None) -> _Halt | None:
         """The answer streaming in this session (if any) ends after its current token."""
         stop = self._stops.get(getattr(request, "session_hash", None))
         if stop is not None:
-            stop.keep = keep
             stop.set()
         return stop
 
+    @staticmethod
+    def settle(settled: list[dict], answering: bool):
+        """The chat as Stop, Undo or Clear left it (`settled`), once more: an update the answer sent
+        just before them can reach the page after their reply. This comes after it (the answer's
+        updates and this one share the page's event stream); nothing changes if a new answer runs."""
+        return gr.skip() if answering else settled
+
     def stop(self, history: list[dict], records: dict | None, request: gr.Request = None):
         """Stop: the answer so far stays, marked stopped, and keeps a record of what it was made with."""
-        halted = self._halt(request, keep=True)
+        halted = self._halt(request)
         history = stopped(history or [])
-        return history, False, gr.skip() if halted is None else self._stopped_record(history, records, halted)
+        record = gr.skip() if halted is None else self._stopped_record(history, records, halted)
+        return history, history, False, record
 
     def _stopped_record(self, history: list[dict], records: dict | None, halted: _Halt):
         """`records` with the record of the stopped answer at the end of `history` (none for a note)."""
@@ -314,21 +317,21 @@ class ChatActions:
 
     def clear(self, request: gr.Request = None):
         """Clear: a new, empty chat (the one before stays in the saved chats); nothing answering."""
-        self._halt(request, keep=False)
-        return [], None, False, {}, ""
+        self._halt(request)
+        return [], [], None, False, {}, ""
 
     def undo(self, history: list[dict], request: gr.Request = None):
         """Remove the last question and its answer; put the question back in the inputs."""
-        self._halt(request, keep=False)
+        self._halt(request)
         history = without_answers(without_progress(history or []))
         if not history:
-            return history, gr.skip(), gr.skip(), gr.skip(), False
+            return history, history, gr.skip(), gr.skip(), gr.skip(), False
         start = last_question(history)
         asked = [question(m) for m in history[start:]]
         text = "\n".join(filter(None, (m.text for m in asked)))
         images = [(f, None) for m in asked for f in m.images]
-        return history[:start], {"text": text, "files": []}, images or None, next((m.video for m in asked if m.video),
-                                                                                  None), False
+        video = next((m.video for m in asked if m.video), None)
+        return history[:start], history[:start], {"text": text, "files": []}, images or None, video, False
 
     def rate(self, like: gr.LikeData, history: list[dict], records: dict | None) -> dict:
         """A like or dislike on an answer, kept for the export (a second click takes it back)."""

@@ -137,8 +137,14 @@ def _servable(path, uploads: Path) -> bool:
 
 
 class SavedChats:
-    """The page's handlers for the saved chats: save the chat as it changes, reopen the most recent
-    on a reload, open or delete one from the list. `uploads`: where gradio keeps this app's files."""
+    """The page's handlers for the saved chats: keep the store in step with the chat shown, reopen the
+    most recent on a reload, open or delete one from the list. `uploads`: where gradio keeps this
+    app's files.
+
+    The page's events cross (an answer's last update, Clear, a reload's reopen), so the store is
+    never written from a value one event read earlier: every change asks for one `synced`, which
+    the page runs one at a time and, when asked again meanwhile, once more on what the page holds
+    then. The chat's id is given when its first question is taken (`named`), never by a save."""
 
     def __init__(self, limits: Limits, uploads: Callable[[], Path]):
         self.limits, self.uploads = limits, uploads
@@ -147,11 +153,23 @@ class SavedChats:
         return gr.update(choices=choices(saved), value=chat_id if any(c["id"] == chat_id for c in chats(saved))
                          else None)
 
-    def save(self, history: list[dict], records: dict | None, chat_id: str | None, saved):
-        """(store, id, list): the chat saved under its id (a new one for a new chat)."""
-        chat_id = chat_id or new_chat_id()
-        saved = saved_with(saved, chat_id, history or [], records, self.limits)
-        return saved, chat_id, self._listed(saved, chat_id)
+    @staticmethod
+    def named(chat_id: str | None) -> str:
+        """The id of a chat whose question was just taken: its own, or a new one for a new chat."""
+        return chat_id or new_chat_id()
+
+    def synced(self, history: list[dict], records: dict | None, chat_id: str | None, saved, deleted: list[str],
+               answering: bool):
+        """(store, list): the store with the chats deleted on this page gone and the chat shown saved
+        under its id (a chat with no id yet has asked nothing). Not while an answer runs: its end
+        asks again, and a question saved without its answer would come back so after a reload."""
+        if answering:
+            return gr.skip(), gr.skip()
+        for gone in deleted or []:
+            saved = without(saved, gone)
+        if chat_id:
+            saved = saved_with(saved, chat_id, history or [], records, self.limits)
+        return saved, self._listed(saved, chat_id or "")
 
     def reopened(self, saved):
         """On a page load: the most recent chat, as it was, and the list."""
@@ -174,9 +192,8 @@ class SavedChats:
         messages, records, chat_id = found
         return messages, records, chat_id, None
 
-    def deleted(self, chat_id: str | None, saved, answering: bool):
-        """The chat shown, deleted from this browser; an empty chat in its place."""
+    def deleted(self, chat_id: str | None, deleted: list[str], answering: bool):
+        """The chat shown, to be deleted from this browser (by the next `synced`); an empty chat in its place."""
         if answering:
             page_refusal("The answer is still coming. Wait for it, or press Stop, then delete the chat.")
-        saved = without(saved, chat_id or "")
-        return saved, [], {}, "", self._listed(saved, ""), None
+        return [*(deleted or []), *([chat_id] if chat_id else [])], [], {}, "", None

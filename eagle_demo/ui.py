@@ -129,6 +129,7 @@ class Page:
     wait: gr.Markdown
     answering: gr.State
     records: gr.State
+    settled: gr.State  # the chat as Stop, Undo or Clear left it (see ChatActions.settle)
     taken: gr.State  # the files last moved out of the message box
     warned: gr.State  # the files already refused with a toast
     refused_files: gr.Textbox  # the browser's: files held back from an upload (see page_style)
@@ -139,6 +140,8 @@ class Page:
     settings: dict[str, gr.components.Component]  # see settings_panel
     saved: gr.BrowserState  # the chats kept in this browser (see saved_chats)
     chat_id: gr.State  # the id the chat shown is saved under
+    deleted: gr.State  # the ids of the chats deleted on this page
+    save_wanted: gr.Number  # counts the changes the store must follow (see SavedChats)
     saved_list: gr.Dropdown
     delete: gr.Button
     api_inputs: list[gr.components.Component]  # the `chat` endpoint's own: message, images, video, history
@@ -219,7 +222,8 @@ def chat_column(models: list[str], examples: list[tuple[str, list[str], str | No
     return dict(chatbot=chatbot, model=model, status=status, gallery=gallery, video=video, box=box, wait=wait,
                 buttons=buttons, frames_row=frames_row, frames=frames,
                 answering=gr.State(False), records=gr.State({}), taken=gr.State([]), warned=gr.State([]),
-                chat_id=gr.State(""),
+                settled=gr.State([]), chat_id=gr.State(""), deleted=gr.State([]),
+                save_wanted=gr.Number(0, visible="hidden", elem_id="save-wanted"),
                 # a fixed key, not a secret (the chats are the visitor's own, in their own browser):
                 # they stay readable after the app restarts
                 saved=gr.BrowserState({"chats": []}, storage_key="eagle2-demo-chats", secret="eagle2-demo"))
@@ -273,7 +277,7 @@ def wire(demo: gr.Blocks, handlers: _Handlers, p: Page, concurrency: int) -> Non
     asked = wiring.asking()
     halted, undone, cleared, rated = wiring.buttons(asked)
     opened, deleted, reopened = wiring.saved_chats()
-    wiring.afterwards(done=[*asked, *undone, halted, rated, opened, reopened], emptied=[*cleared, deleted],
+    wiring.afterwards(answered=asked, done=[*undone, halted, rated, opened, reopened], emptied=[*cleared, deleted],
                       ended=[*undone, *cleared, halted, deleted, opened, reopened])
     wiring.uploads()
     wiring.settings()
@@ -321,6 +325,7 @@ class _Wiring:
         question, Continue. The answer events, Send's first (its export is the API's /export)."""
         p, app, chat = self.p, self.app, self.p.chatbot
         taken = [chat, p.answering, p.buttons["export"]]
+        named = dict(fn=self.saving.named, inputs=p.chat_id, outputs=p.chat_id, queue=False, **PRIVATE)
         sent = p.box.submit(app.ask, inputs_kwargs=dict(box=p.box, images=p.gallery, video=p.video, **self.may_ask),
                             outputs=[chat, p.box, p.gallery, p.video, p.wait, p.answering, p.buttons["export"]],
                             **QUIET)
@@ -330,7 +335,10 @@ class _Wiring:
                  for trigger in (p.buttons["retry"].click, chat.retry)]
         edited = p.edited.change(app.edit, inputs_kwargs=dict(edited=p.edited, **self.may_ask), outputs=taken, **QUIET)
         continued = chat.option_select(app.continue_answer, inputs_kwargs=self.may_ask, outputs=taken, **QUIET)
-        return [self._respond_after(event) for event in (sent, example, *again, edited, continued)]
+        asked = (sent, example, *again, edited, continued)
+        for event in asked:
+            event.success(**named)
+        return [self._respond_after(event) for event in asked]
 
     def buttons(self, asked: list) -> tuple:
         """Stop (the message box's, while an answer streams), Undo and Clear (the buttons and the chat's
@@ -339,13 +347,16 @@ class _Wiring:
         Stop often did nothing at all; the handlers end it."""
         p, app, chat = self.p, self.app, self.p.chatbot
         generating = [event for i, event in enumerate(asked) if i != 1]
-        halted = p.box.stop(app.stop, [chat, p.records], [chat, p.answering, p.records], cancels=generating,
-                            queue=False, **PRIVATE)
-        undone = [trigger(app.undo, chat, [chat, p.box, p.gallery, p.video, p.answering], cancels=generating,
-                          queue=False, **PRIVATE) for trigger in (p.buttons["undo"].click, chat.undo)]
-        cleared = [trigger(app.clear, None, [chat, p.buttons["export"], p.answering, p.records, p.chat_id],
-                           cancels=generating, queue=False, **PRIVATE) for trigger in (p.buttons["clear"].click,
-                                                                                      chat.clear)]
+        # queued: it comes after every update the answer sent (see ChatActions.settle)
+        settle = dict(fn=app.settle, inputs=[p.settled, p.answering], outputs=chat, concurrency_limit=None, **PRIVATE)
+        halted = p.box.stop(app.stop, [chat, p.records], [chat, p.settled, p.answering, p.records],
+                            cancels=generating, queue=False, **PRIVATE).then(**settle)
+        undone = [trigger(app.undo, chat, [chat, p.settled, p.box, p.gallery, p.video, p.answering],
+                          cancels=generating, queue=False, **PRIVATE).then(**settle)
+                  for trigger in (p.buttons["undo"].click, chat.undo)]
+        cleared = [trigger(app.clear, None, [chat, p.settled, p.buttons["export"], p.answering, p.records, p.chat_id],
+                           cancels=generating, queue=False, **PRIVATE).then(**settle)
+                   for trigger in (p.buttons["clear"].click, chat.clear)]
         rated = chat.like(app.rate, [chat, p.records], p.records, queue=False, **PRIVATE)
         return halted, undone, cleared, rated
 
@@ -355,32 +366,36 @@ class _Wiring:
         p, saving, chat = self.p, self.saving, self.p.chatbot
         opened = p.saved_list.input(saving.opened, [p.saved_list, p.chat_id, p.saved, p.answering],
                                     [chat, p.records, p.chat_id, p.buttons["export"]], **QUIET)
-        deleted = p.delete.click(saving.deleted, [p.chat_id, p.saved, p.answering],
-                                 [p.saved, chat, p.records, p.chat_id, p.saved_list, p.buttons["export"]], **QUIET)
+        deleted = p.delete.click(saving.deleted, [p.chat_id, p.deleted, p.answering],
+                                 [p.deleted, chat, p.records, p.chat_id, p.buttons["export"]], **QUIET)
         reopened = self.demo.load(saving.reopened, p.saved, [chat, p.records, p.chat_id, p.saved_list], **PRIVATE)
         return opened, deleted, reopened
 
-    def afterwards(self, done: list, emptied: list, ended: list) -> None:
-        """What follows a change of the chat: `done` (it holds what it will hold) writes its export,
-        sets the buttons and saves it in the browser; `emptied` sets the buttons; `ended` (an answer
-        may have been cut short) follows the status until a load ends, and renumbers the gallery."""
+    def afterwards(self, answered: list, done: list, emptied: list, ended: list) -> None:
+        """What follows a change of the chat: `done` (it holds what it will hold), and `answered`
+        when the answer ended by itself (a stopped one is Stop's), writes its export, sets the
+        buttons and saves it in the browser; `emptied` sets the buttons; `ended` (an answer may have
+        been cut short) follows the status until a load ends, and renumbers the gallery."""
         p, app, chat = self.p, self.app, self.p.chatbot
         enable = dict(fn=controls, inputs=[chat, p.answering, p.buttons["export"]],
                       outputs=[p.box, p.buttons["retry"], p.buttons["undo"], p.buttons["clear"], p.buttons["export"],
                                p.model], queue=False, **PRIVATE)
-        save = dict(fn=self.saving.save, inputs=[chat, p.records, p.chat_id, p.saved],
-                    outputs=[p.saved, p.chat_id, p.saved_list], queue=False, **PRIVATE)
-        for event in done:  # Export holds the chat so far, and the browser keeps it
-            event.then(app.page_export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"], **QUIET
-                       ).then(**enable).then(**save)
+        # the page asks for a save (a count it keeps, no round trip); the one `synced` event saves
+        save = dict(fn=None, js="(n) => n + 1", inputs=p.save_wanted, outputs=p.save_wanted, queue=False, **PRIVATE)
+        p.save_wanted.change(self.saving.synced, [chat, p.records, p.chat_id, p.saved, p.deleted, p.answering],
+                             [p.saved, p.saved_list], trigger_mode="always_last", queue=False, **PRIVATE)
+        follows = [event.success for event in answered] + [event.then for event in done]
+        for then in follows:  # Export holds the chat so far, and the browser keeps it
+            then(app.page_export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"], **QUIET
+                 ).then(**enable).then(**save)
         p.answering.change(**enable)
         numbered = dict(fn=lambda history, items, waiting: self.attachments.gallery_update(history, waiting, items),
                         inputs=[chat, p.gallery, p.video], outputs=p.gallery, queue=False, **PRIVATE)
         for event in emptied:
             event.then(**enable).then(**save)
-        for event in (*done, *emptied):
-            event.then(frames_row, chat, [p.frames_row, p.frames], queue=False, **PRIVATE)
-            event.then(**numbered)
+        for then in (*follows, *(event.then for event in emptied)):
+            then(frames_row, chat, [p.frames_row, p.frames], queue=False, **PRIVATE)
+            then(**numbered)
         for event in ended:
             event.then(app.settled_status, p.model, p.status, concurrency_limit=None, **PRIVATE).then(**numbered)
 

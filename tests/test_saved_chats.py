@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from eagle_demo.chat_history import answer_message, error_message, question_messages, user_message
 from eagle_demo.config import LIMITS
-from eagle_demo.saved_chats import chats, choices, restored, saved_with, title_of, without
+from eagle_demo.saved_chats import SavedChats, chats, choices, restored, saved_with, title_of, without
 
 
 def test_a_chat_comes_back_as_it_was_saved(tmp_path):
@@ -56,3 +56,18 @@ def test_the_store_keeps_the_latest_chats_within_its_limits():
     labels = [label for label, _ in choices(saved_with({}, "t", question_messages("A title " * 20, [], None), None,
                                                         limits))]
     assert labels[0].startswith(title_of(question_messages("A title " * 20, [], None))) and "…" in labels[0]
+
+
+def test_a_sync_saves_the_chat_shown_and_forgets_the_chats_deleted_on_the_page(tmp_path):
+    """The page's one save (SavedChats.synced) reads everything it writes from the page, so a later
+    sync mends what an earlier one wrote from values read before a Clear or a Delete."""
+    saving = SavedChats(LIMITS, lambda: tmp_path)
+    first, second = question_messages("First", [], None), question_messages("Second", [], None)
+    store, listed = saving.synced(first, {}, "a", {}, [], False)
+    assert [c["id"] for c in chats(store)] == ["a"] and listed["value"] == "a"
+    assert saving.synced([], {}, "", store, [], False)[0] == store  # a cleared chat has no id: nothing saved
+    stale, _ = saving.synced(first, {}, "a", {"chats": []}, [], False)  # read before "a" was deleted
+    store, listed = saving.synced(second, {}, "b", stale, ["a"], False)
+    assert [c["id"] for c in chats(store)] == ["b"] and listed["choices"] == choices(store)
+    skipped = saving.synced(second, {}, "b", store, [], True)  # while its answer runs
+    assert all(isinstance(part, dict) and part.get("__type__") == "update" and len(part) == 1 for part in skipped)
