@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backend import Backend
 from .chat_history import hide_paths
@@ -22,6 +22,9 @@ from .config import GenerationSettings
 from .conversation import Message
 from .errors import UserError, server_fault
 from .models import LoadError
+
+if TYPE_CHECKING:  # the engine's modules import torch: the page starts without it
+    from .generation import Request
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +93,14 @@ def answer_stats(model: str, answer, weights: str | None = None) -> dict:
 
 class AnswerStream:
     """`stream(turns, model, system, settings)`: the updates of one answer by the `backend`'s model
-    of that name. `gpu` is `spaces.GPU` on ZeroGPU: the model side then runs in its GPU worker, which
-    is asked up front for the seconds of GPU the answer may take."""
+    of that name. `gpu` is `spaces.GPU` on ZeroGPU: the answer's files are then read, tiled and put
+    into its prompt here, outside the lease, and only the prepared request (plain data, its tiles
+    as uint8) goes to the GPU worker, which is asked up front for the seconds of GPU its tiles and
+    tokens may take."""
 
     def __init__(self, backend: Backend, gpu: Callable | None = None):
         self.backend = backend
-        self._updates = self._model_side if gpu is None else gpu(duration=self._gpu_seconds)(self._model_side)
+        self._on_gpu = None if gpu is None else gpu(duration=self._gpu_seconds)(self._prepared_side)
 
     def stream(self, turns: list[Message], model: str, system: str,
                settings: GenerationSettings) -> Iterator[AnswerUpdate]:
@@ -105,17 +110,32 @@ class AnswerStream:
             error = unknown_model(self.backend.names)
             yield AnswerUpdate(error=str(error), error_status=error.status)
             return
-        with closing(self._updates(turns, model, system, settings)) as updates:
+        if self._on_gpu is None:
+            updates = self._answered(turns, model, lambda chat_model, cancel, stage: chat_model.chat(
+                turns, system, settings, cancel=cancel, progress=stage))
+        else:
+            yield AnswerUpdate(status=self.backend.status(model))
+            try:
+                with self.backend.use(model) as engine:  # ZeroGPU loads every model at start-up
+                    request = engine.prepare(turns, system, settings)
+            except Exception as e:
+                yield failed(e, model, turns)
+                return
+            updates = self._on_gpu(request, model)
+        with closing(updates):
             yield from updates
 
-    def _gpu_seconds(self, turns: list[Message], model: str, system: str, settings: GenerationSettings) -> int:
-        """Counts every image and video of the conversation at its most tiles and frames: a new worker
-        has none of their features yet."""
-        tiles = sum(len(t.images) * (settings.max_tiles + 1) + (settings.num_frames if t.video else 0) for t in turns)
-        return self.backend.gpu_seconds(model, settings.max_new_tokens, tiles)
+    def _gpu_seconds(self, request: Request, model: str) -> int:
+        """Counts every tile and frame of the request: a new worker has none of their features yet."""
+        return self.backend.gpu_seconds(model, request.max_new_tokens, sum(request.prompt.num_tiles))
 
-    def _model_side(self, turns: list[Message], model: str, system: str,
-                    settings: GenerationSettings) -> Iterator[AnswerUpdate]:
+    def _prepared_side(self, request: Request, model: str) -> Iterator[AnswerUpdate]:
+        """The answer to a prepared request, in ZeroGPU's worker."""
+        yield from self._answered([], model, lambda engine, cancel, stage: engine.answer(request, cancel, stage))
+
+    def _answered(self, turns: list[Message], model: str, start: Callable) -> Iterator[AnswerUpdate]:
+        """The updates of the Generation `start(chat_model, cancel, stage)` begins, once `model` is
+        loaded; `turns`: the files its error messages may name."""
         backend = self.backend
 
         def work(emit, cancel):
@@ -127,7 +147,7 @@ class AnswerStream:
 
             with backend.use(model, loading) as chat_model:
                 emit(AnswerUpdate(status=backend.status(model)))
-                answer = chat_model.chat(turns, system, settings, cancel=cancel, progress=stage)
+                answer = start(chat_model, cancel, stage)
                 text, sent = "", 0
                 for delta in answer:
                     first, text, ids = not text, text + delta, answer.token_ids
@@ -140,9 +160,15 @@ class AnswerStream:
 
         try:
             yield from on_own_thread(work)
-        except UserError as e:  # the user can act on it (a LoadError is the operator's too)
-            if isinstance(e, LoadError):
-                log.warning("%s", e)
-            yield AnswerUpdate(error=hide_paths(str(e), turns), error_status=e.status)
-        except Exception:
-            yield AnswerUpdate(error=server_fault(f"answering with {model} failed"))
+        except Exception as e:
+            yield failed(e, model, turns)
+
+
+def failed(error: Exception, model: str, turns: list[Message]) -> AnswerUpdate:
+    """An answer's failure as data: a UserError's words (the user can act on them; a LoadError is
+    the operator's too, so it is logged), anything else the reference message."""
+    if isinstance(error, UserError):
+        if isinstance(error, LoadError):
+            log.warning("%s", error)
+        return AnswerUpdate(error=hide_paths(str(error), turns), error_status=error.status)
+    return AnswerUpdate(error=server_fault(f"answering with {model} failed"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import pickle
 import time
@@ -15,6 +16,7 @@ import openai
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 from eagle_demo.models import MAX_GPU_SECONDS, SECONDS_PER_TILE
 from tests.conftest import ARTIFACTS, ASSETS, CHROMIUM, ROOT, serve_app, stop_app, stream, wait_until_serving
@@ -81,18 +83,29 @@ def test_ui_chat_streams_through_the_worker_and_a_second_turn_reuses_its_caches(
     assert all(0 < c["duration"] <= 120 for c in calls(log) if c["event"] == "call")
 
 
-def test_the_gpu_time_asked_grows_with_the_tiles_an_answer_may_read(zero_gpu_app):
+def test_the_gpu_time_asked_counts_the_tiles_the_prepared_request_holds(zero_gpu_app, tmp_path):
     """spaces evaluates `duration` in the caller, on the call's arguments, before it schedules the
-    worker: the same question asks for more seconds where the image may take more tiles."""
+    worker. The files are read and tiled in the caller first, outside the lease, so the seconds
+    asked follow the tiles the request holds: more for a large picture at more tiles, and nothing
+    more for a small picture, which takes one tile whatever the limit."""
     client, log, model = zero_gpu_app
-    asked = []
-    for max_tiles in (1, 12):
-        before = len(calls(log))
-        stream(ui_chat(client, model, [user("What is in this picture?", ASSETS / "scene.jpg")], max_new_tokens=4,
-                       max_tiles=max_tiles))
-        asked.append(next(c["duration"] for c in calls(log)[before:] if c["event"] == "call"))
-    assert asked[1] - asked[0] >= int(11 * SECONDS_PER_TILE), asked  # 11 more tiles
-    assert asked[1] <= MAX_GPU_SECONDS
+    small = tmp_path / "small.png"
+    Image.new("RGB", (64, 64), "red").save(small)
+    asked, tiles = {}, {}
+    for picture in (ASSETS / "scene.jpg", small):
+        for max_tiles in (1, 12):
+            before = len(calls(log))
+            stream(ui_chat(client, model, [user("What is in this picture?", picture)], max_new_tokens=4,
+                           max_tiles=max_tiles))
+            made = calls(log)[before:]
+            asked[picture.name, max_tiles] = next(c["duration"] for c in made if c["event"] == "call")
+            last = pickle.loads(base64.b64decode(next(c["last"] for c in made if c["event"] == "end")))
+            tiles[picture.name, max_tiles] = last.stats["image_tiles"]
+    more_tiles = tiles["scene.jpg", 12] - tiles["scene.jpg", 1]
+    assert more_tiles > 1 and asked["scene.jpg", 12] - asked["scene.jpg", 1] in {
+        math.floor(more_tiles * SECONDS_PER_TILE), math.ceil(more_tiles * SECONDS_PER_TILE)}, (asked, tiles)
+    assert tiles["small.png", 12] == 1 and asked["small.png", 12] == asked["small.png", 1], (asked, tiles)
+    assert max(asked.values()) <= MAX_GPU_SECONDS
 
 
 def test_chat_api_and_its_errors_come_back_from_the_worker(zero_gpu_app, tmp_path):
