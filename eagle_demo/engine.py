@@ -167,6 +167,10 @@ class Engine:
             self._weight_bytes = weight_bytes(path, self.dtype or default_dtype(self.device))
         return self._weight_bytes
 
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the loaded model's KV cache (none before its first answer)."""
+        return self.decoder.cache.nbytes if self.decoder else 0
+
     def free_memory(self) -> int | None:
         """Bytes free on this engine's device (None where that cannot be told)."""
         if self.device.startswith("cuda"):

@@ -98,11 +98,6 @@ class GpuTime:
         return min(MAX_GPU_SECONDS, math.ceil(self.worker_start + self.media + self.prefill + self.decode))
 
 
-def _kv_cache_bytes(engine) -> int:
-    cache = engine.decoder.cache if engine.decoder else None
-    return sum(t.numel() * t.element_size() for t in (*cache.k, *cache.v)) if cache else 0
-
-
 class ModelMenu:
     """The native Backend: one Engine per model, made on first use; loads, unloads and counts them.
     Models go by the names clients see (`public_names`): a checkpoint's path stays on the server."""
@@ -153,7 +148,7 @@ class ModelMenu:
 
     def device_bytes(self) -> int:
         """Bytes of the loaded models' weights and KV caches: what a new ZeroGPU worker moves to the GPU."""
-        return sum(self._engines[n].weight_bytes() + _kv_cache_bytes(self._engines[n]) for n in self.loaded())
+        return sum(self._engines[n].weight_bytes() + self._engines[n].kv_cache_bytes() for n in self.loaded())
 
     def preload(self) -> None:
         """Load every model now, with no memory check (ZeroGPU: models must be on CUDA at start-up,

@@ -43,6 +43,10 @@ class KVCache:
     def device(self) -> torch.device:
         return self.k[0].device
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -73,9 +77,9 @@ class Fusable(nn.Module):
     parts: tuple[str, ...]
     fused_name: str
 
-    def __init__(self):
-        super().__init__()
-        self.fused = False
+    @property
+    def fused(self) -> bool:
+        return self.fused_name in self._modules
 
     def fuse(self) -> None:
         layers = [getattr(self, name) for name in self.parts]
@@ -91,7 +95,6 @@ class Fusable(nn.Module):
             delattr(self, name)
         setattr(self, self.fused_name, fused)
         self.sizes = [layer.out_features for layer in layers]
-        self.fused = True
         self.register_state_dict_post_hook(_split_fused)
         self.register_load_state_dict_pre_hook(_join_parts)
 
