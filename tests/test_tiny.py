@@ -70,12 +70,13 @@ def test_same_seed_same_weights_in_both_layouts(tmp_path):
         assert f.read_bytes() == (again / f.name).read_bytes(), f.name
 
 
-def test_small_and_fast(tmp_path):
+def test_a_tiny_checkpoint_is_small_and_loads(tmp_path):
+    """Under 2 MB on disk; its load time is printed (not asserted: CI machines differ)."""
     path = write_tiny_checkpoint(tmp_path, "eagle_2_5_vl")
     assert sum(f.stat().st_size for f in path.iterdir()) < 2_000_000
     start = time.perf_counter()
-    load_eagle2(path)
-    assert time.perf_counter() - start < 1.0
+    assert load_eagle2(path) is not None
+    print(f"tiny checkpoint loaded in {time.perf_counter() - start:.2f} s")
 
 
 def test_small_tokenizer(tmp_path):
