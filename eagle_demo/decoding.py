@@ -129,8 +129,9 @@ def _one_token(lm, cache, token: torch.Tensor, pos: torch.Tensor, attention) -> 
 
 def _compiled_step(backend, spans: int):
     """`_one_token` under torch.compile. Each span's step is compiled once (its own shapes), and so
-    are the steps of every other model loaded: torch.compile keeps its compiled variants per
-    function, so its limit of them is raised to hold these too rather than decode eagerly."""
+    are the steps of every other model loaded, now or before (an unloaded model's variants stay):
+    torch.compile keeps and counts its compiled variants per function, so its limit is raised at
+    each load to hold them all rather than send a reloaded model back to eager decoding."""
     import torch._dynamo.config
 
     try:
