@@ -277,8 +277,8 @@ def wire(demo: gr.Blocks, handlers: _Handlers, p: Page, concurrency: int) -> Non
     asked = wiring.asking()
     halted, undone, cleared, rated = wiring.buttons(asked)
     opened, deleted, reopened = wiring.saved_chats()
-    wiring.afterwards(answered=asked, done=[*undone, halted, rated, opened, reopened], emptied=[*cleared, deleted],
-                      ended=[*undone, *cleared, halted, deleted, opened, reopened])
+    wiring.afterwards(answered=asked, done=[*undone, halted, rated, opened], reopened=reopened,
+                      emptied=[*cleared, deleted], ended=[*undone, *cleared, halted, deleted, opened, reopened])
     wiring.uploads()
     wiring.settings()
 
@@ -371,11 +371,13 @@ class _Wiring:
         reopened = self.demo.load(saving.reopened, p.saved, [chat, p.records, p.chat_id, p.saved_list], **PRIVATE)
         return opened, deleted, reopened
 
-    def afterwards(self, answered: list, done: list, emptied: list, ended: list) -> None:
+    def afterwards(self, answered: list, done: list, reopened, emptied: list, ended: list) -> None:
         """What follows a change of the chat: `done` (it holds what it will hold), and `answered`
         when the answer ended by itself (a stopped one is Stop's), writes its export, sets the
-        buttons and saves it in the browser; `emptied` sets the buttons; `ended` (an answer may have
-        been cut short) follows the status until a load ends, and renumbers the gallery."""
+        buttons and saves it in the browser; so does the chat `reopened` on a load, but for the save
+        (it is the store's own; a save asked then could run once a question is asked, and keep it
+        without its answer); `emptied` sets the buttons; `ended` (an answer may have been cut
+        short) follows the status until a load ends, and renumbers the gallery."""
         p, app, chat = self.p, self.app, self.p.chatbot
         enable = dict(fn=controls, inputs=[chat, p.answering, p.buttons["export"]],
                       outputs=[p.box, p.buttons["retry"], p.buttons["undo"], p.buttons["clear"], p.buttons["export"],
@@ -385,15 +387,18 @@ class _Wiring:
         p.save_wanted.change(self.saving.synced, [chat, p.records, p.chat_id, p.saved, p.deleted, p.answering],
                              [p.saved, p.saved_list], trigger_mode="always_last", queue=False, **PRIVATE)
         follows = [event.success for event in answered] + [event.then for event in done]
-        for then in follows:  # Export holds the chat so far, and the browser keeps it
-            then(app.page_export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"], **QUIET
-                 ).then(**enable).then(**save)
+        for then, kept in [*((then, True) for then in follows), (reopened.then, False)]:
+            # Export holds the chat so far, and the browser keeps it
+            written = then(app.page_export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"],
+                           **QUIET).then(**enable)
+            if kept:
+                written.then(**save)
         p.answering.change(**enable)
         numbered = dict(fn=lambda history, items, waiting: self.attachments.gallery_update(history, waiting, items),
                         inputs=[chat, p.gallery, p.video], outputs=p.gallery, queue=False, **PRIVATE)
         for event in emptied:
             event.then(**enable).then(**save)
-        for then in (*follows, *(event.then for event in emptied)):
+        for then in (*follows, reopened.then, *(event.then for event in emptied)):
             then(frames_row, chat, [p.frames_row, p.frames], queue=False, **PRIVATE)
             then(**numbered)
         for event in ended:
