@@ -73,8 +73,8 @@ def saved_with(saved, chat_id: str, messages: list[dict], records: dict | None, 
     return {"chats": kept}
 
 
-def without(saved, chat_id: str) -> dict:
-    return {"chats": [c for c in chats(saved) if c["id"] != chat_id]}
+def without(saved, *chat_ids: str) -> dict:
+    return {"chats": [c for c in chats(saved) if c["id"] not in chat_ids]}
 
 
 def choices(saved) -> list[tuple[str, str]]:
@@ -165,8 +165,7 @@ class SavedChats:
         asks again, and a question saved without its answer would come back so after a reload."""
         if answering:
             return gr.skip(), gr.skip()
-        for gone in deleted or []:
-            saved = without(saved, gone)
+        saved = without(saved, *(deleted or []))
         if chat_id:
             saved = saved_with(saved, chat_id, history or [], records, self.limits)
         return saved, self._listed(saved, chat_id or "")
