@@ -341,6 +341,16 @@ class ChatActions:
         key = answer_key(like.index, answer_text(history[like.index]))
         return recorded(records, key, self.limits.max_chat_messages, rating=rating)
 
+    def answer_export(self, history: list[dict], model: str | None, system: str, records: dict | None,
+                      request: gr.Request = None, **settings):
+        """`page_export` after an answer's own end, unless Stop, Undo or Clear reached it first: their
+        export follows, from the chat they settled, and the page may still show an update the answer
+        sent before them (an export of it would lack the stop mark, and could be the one kept)."""
+        halted = self._stops.get(getattr(request, "session_hash", None))
+        if halted is not None and halted.is_set():
+            return gr.skip()
+        return self.page_export(history, model, system, records, **settings)
+
     def page_export(self, history: list[dict], model: str | None, system: str, records: dict | None, **settings):
         """The page's Export after each change of the chat: the chat as it is now, whatever is being
         typed in the settings (a value out of range is told where it is set, and exported as none)."""

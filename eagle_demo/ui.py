@@ -373,8 +373,8 @@ class _Wiring:
 
     def afterwards(self, answered: list, done: list, reopened, emptied: list, ended: list) -> None:
         """What follows a change of the chat: `done` (it holds what it will hold), and `answered`
-        when the answer ended by itself (a stopped one is Stop's), writes its export, sets the
-        buttons and saves it in the browser; so does the chat `reopened` on a load, but for the save
+        when the answer ended by itself (a stopped one is Stop's: see answer_export), writes its
+        export, sets the buttons and saves it in the browser; so does the chat `reopened` on a load, but for the save
         (it is the store's own; a save asked then could run once a question is asked, and keep it
         without its answer); `emptied` sets the buttons; `ended` (an answer may have been cut
         short) follows the status until a load ends, and renumbers the gallery."""
@@ -387,9 +387,11 @@ class _Wiring:
         p.save_wanted.change(self.saving.synced, [chat, p.records, p.chat_id, p.saved, p.deleted, p.answering],
                              [p.saved, p.saved_list], trigger_mode="always_last", queue=False, **PRIVATE)
         follows = [event.success for event in answered] + [event.then for event in done]
-        for then, kept in [*((then, True) for then in follows), (reopened.then, False)]:
+        writers = [*((event.success, app.answer_export, True) for event in answered),
+                   *((event.then, app.page_export, True) for event in done), (reopened.then, app.page_export, False)]
+        for then, export, kept in writers:
             # Export holds the chat so far, and the browser keeps it
-            written = then(app.page_export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"],
+            written = then(export, inputs_kwargs=self.chat_and_settings, outputs=p.buttons["export"],
                            **QUIET).then(**enable)
             if kept:
                 written.then(**save)
