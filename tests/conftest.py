@@ -131,6 +131,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-eagle2", layout="eagle_2_5_vl")
 
 
+def endless_answers(monkeypatch, engine, pause: float = 0.01) -> None:
+    """Answers that only Stop or Max new tokens end: no end token (random weights pick one sooner or
+    later, and when depends on the tests before), and each token `pause` s at least (4,096 take over
+    40 s), so that a page on a busy machine acts before the answer ends by itself."""
+    from eagle_demo.generation import ModelRunner
+
+    step = ModelRunner.step
+
+    def paced_step(self, token, pos):
+        time.sleep(pause)
+        return step(self, token, pos)
+
+    monkeypatch.setattr(engine, "stop_ids", set())
+    monkeypatch.setattr(ModelRunner, "step", paced_step)
+
+
 class Recorder:
     """Keeps every Generation the engine hands out, so tests can see what the decode loop did, and
     when each request reached the engine (perf_counter, like the Generation's timings)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS, ASSETS, CHROMIUM
+from tests.conftest import ARTIFACTS, ASSETS, CHROMIUM, endless_answers
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium: apt-get install -y chromium")
 
@@ -88,9 +88,8 @@ def settle(generation, quiet: float = 0.3, timeout: float = 10):
 
 def test_upload_ask_stream_stop_and_export(page, app_server, monkeypatch):
     ARTIFACTS.mkdir(exist_ok=True)
-    # random weights pick an end-of-answer token sooner or later, and when depends on the tests before
-    # (fresh-clone CI: after 2,225 tokens, before Stop was clicked): only Stop may end this answer
-    monkeypatch.setattr(app_server.engine, "stop_ids", set())
+    # (fresh-clone CI once: an end token after 2,225 tokens, before Stop was clicked)
+    endless_answers(monkeypatch, app_server.engine)
     set_number(page, "Max new tokens", 4096)  # long enough to Stop mid-way
     sample_with_seed(page)
     generations = len(app_server.recorder.generations)

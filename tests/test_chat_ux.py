@@ -322,7 +322,7 @@ def test_likes_and_dislikes_are_kept_in_the_export(page, app_server):
 
 def test_on_a_phone_the_settings_start_folded_and_open_on_a_tap(browser, app_server):  # noqa: F811
     wide = open_page(browser, app_server.url, width=1440)
-    assert wide.get_by_text("Max tiles per image").is_visible()
+    wide.get_by_text("Max tiles per image").wait_for()  # shown (on a busy machine, drawn a little later)
     wide.close()
     phone = open_page(browser, app_server.url, width=390, height=844)
     phone.get_by_text("Max tiles per image").wait_for(state="hidden")
