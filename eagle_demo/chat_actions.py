@@ -288,10 +288,14 @@ class ChatActions:
     # ------------------------------------------------------------------ the chat's buttons
     def _halt(self, request: gr.Request | None) -> _Halt | None:
         """The answer streaming in this session (if any) ends after its current token."""
-        stop = self._stops.get(getattr(request, "session_hash", None))
+        stop = self._stop_of(request)
         if stop is not None:
             stop.set()
         return stop
+
+    def _stop_of(self, request: gr.Request | None) -> _Halt | None:
+        """The Stop of this session's latest page answer, if any."""
+        return self._stops.get(getattr(request, "session_hash", None))
 
     @staticmethod
     def settle(settled: list[dict], answering: bool):
@@ -346,7 +350,7 @@ class ChatActions:
         """`page_export` after an answer's own end, unless Stop, Undo or Clear reached it first: their
         export follows, from the chat they settled, and the page may still show an update the answer
         sent before them (an export of it would lack the stop mark, and could be the one kept)."""
-        halted = self._stops.get(getattr(request, "session_hash", None))
+        halted = self._stop_of(request)
         if halted is not None and halted.is_set():
             return gr.skip()
         return self.page_export(history, model, system, records, **settings)

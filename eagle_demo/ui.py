@@ -374,10 +374,10 @@ class _Wiring:
     def afterwards(self, answered: list, done: list, reopened, emptied: list, ended: list) -> None:
         """What follows a change of the chat: `done` (it holds what it will hold), and `answered`
         when the answer ended by itself (a stopped one is Stop's: see answer_export), writes its
-        export, sets the buttons and saves it in the browser; so does the chat `reopened` on a load, but for the save
-        (it is the store's own; a save asked then could run once a question is asked, and keep it
-        without its answer); `emptied` sets the buttons; `ended` (an answer may have been cut
-        short) follows the status until a load ends, and renumbers the gallery."""
+        export, sets the buttons and saves it in the browser; so does the chat `reopened` on a
+        load, but for the save (it is the store's own; a save asked then could run once a question
+        is asked, and keep it without its answer); `emptied` sets the buttons; `ended` (an answer
+        may have been cut short) follows the status until a load ends, and renumbers the gallery."""
         p, app, chat = self.p, self.app, self.p.chatbot
         enable = dict(fn=controls, inputs=[chat, p.answering, p.buttons["export"]],
                       outputs=[p.box, p.buttons["retry"], p.buttons["undo"], p.buttons["clear"], p.buttons["export"],
@@ -386,7 +386,6 @@ class _Wiring:
         save = dict(fn=None, js="(n) => n + 1", inputs=p.save_wanted, outputs=p.save_wanted, queue=False, **PRIVATE)
         p.save_wanted.change(self.saving.synced, [chat, p.records, p.chat_id, p.saved, p.deleted, p.answering],
                              [p.saved, p.saved_list], trigger_mode="always_last", queue=False, **PRIVATE)
-        follows = [event.success for event in answered] + [event.then for event in done]
         writers = [*((event.success, app.answer_export, True) for event in answered),
                    *((event.then, app.page_export, True) for event in done), (reopened.then, app.page_export, False)]
         for then, export, kept in writers:
@@ -400,7 +399,7 @@ class _Wiring:
                         inputs=[chat, p.gallery, p.video], outputs=p.gallery, queue=False, **PRIVATE)
         for event in emptied:
             event.then(**enable).then(**save)
-        for then in (*follows, reopened.then, *(event.then for event in emptied)):
+        for then in (*(then for then, _, _ in writers), *(event.then for event in emptied)):
             then(frames_row, chat, [p.frames_row, p.frames], queue=False, **PRIVATE)
             then(**numbered)
         for event in ended:
